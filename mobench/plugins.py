@@ -1,0 +1,212 @@
+"""The plugin manager and the registry it fills.
+
+``get_plugin_manager()`` builds a fresh manager each call (no global state): built-in plugins, then
+entry points in the group ``mobench``, then loose files from ``--plugins-dir``. A plugin that fails to
+import, implements an unknown hook, registers a malformed object or a duplicate name is recorded in
+``Registry.errors`` (one line each) and everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import pkgutil
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from mobench import hookspecs
+from mobench.api import MethodSpec, MobenchError, ObjectiveSpec, TaskSpec
+
+BUILTIN_PACKAGES = ("mobench.methods", "mobench.tasks")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass
+class PluginInfo:
+    """Where a plugin came from: its name, origin (builtin / entry point / file) and version."""
+
+    name: str
+    origin: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registry:
+    """Everything the plugins registered, with the plugin that registered each item."""
+
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    objectives: dict[str, ObjectiveSpec] = field(default_factory=dict)
+    owner: dict[tuple[str, str], str] = field(default_factory=dict)
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def _get(self, kind: str, table: dict[str, Any], name: str):
+        if name in table:
+            return table[name]
+        close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(sorted(table)) or "none"
+        raise MobenchError(f"unknown {kind} {name!r}{hint} (known: {known})")
+
+    def method(self, name: str) -> MethodSpec:
+        return self._get("method", self.methods, name)
+
+    def task(self, name: str) -> TaskSpec:
+        return self._get("task", self.tasks, name)
+
+    def objective(self, name: str) -> ObjectiveSpec:
+        return self._get("objective", self.objectives, name)
+
+    def plugin_version(self, plugin: str) -> str:
+        info = self.plugins.get(plugin)
+        return info.version if info else "unknown"
+
+
+class Register:
+    """The object a plugin's ``register_*`` hook receives; it checks what the plugin hands over."""
+
+    def __init__(self, registry: Registry, plugin: str):
+        self._registry = registry
+        self._plugin = plugin
+
+    def _add(self, kind: str, table: dict[str, Any], spec: Any, name: str, fn: Callable) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TypeError(f"{kind} name {name!r} must be lower-case letters, digits, '-', '_' or '.'")
+        if not callable(fn):
+            raise TypeError(f"{kind} {name!r}: {fn!r} is not callable")
+        if name in table:
+            first = self._registry.owner[(kind, name)]
+            self._registry.errors.append(
+                f"plugin {self._plugin!r}: {kind} {name!r} is already registered by plugin {first!r}; kept the first"
+            )
+            return
+        table[name] = spec
+        self._registry.owner[(kind, name)] = self._plugin
+
+    def method(self, name: str, factory: Callable, description: str = "", **options: Any) -> None:
+        """Register a method built by ``factory(**options)``."""
+        self._add("method", self._registry.methods, MethodSpec(name, factory, description, options), name, factory)
+
+    def task(self, name: str, load: Callable, objectives: tuple[str, ...] | list[str], description: str = "") -> None:
+        """Register a task loaded by ``load(scale, context)`` that scores the named objectives."""
+        objectives = tuple(objectives)
+        if not objectives or not all(isinstance(o, str) for o in objectives):
+            raise TypeError(f"task {name!r}: objectives must be a non-empty list of names")
+        self._add("task", self._registry.tasks, TaskSpec(name, load, objectives, description), name, load)
+
+    def objective(self, name: str, build: Callable, direction: int = 1, description: str = "") -> None:
+        """Register an objective built by ``build(scale)``; direction +1 maximise, -1 minimise."""
+        if direction not in (1, -1):
+            raise TypeError(f"objective {name!r}: direction must be +1 or -1, not {direction!r}")
+        self._add("objective", self._registry.objectives, ObjectiveSpec(name, build, direction, description), name, build)
+
+
+def _mobench_version() -> str:
+    try:
+        return metadata.version("mobench")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _load_file(path: Path):
+    name = f"mobench_dir_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the registry that the ``register_*`` hooks filled."""
+
+    registry: Registry
+
+
+def get_plugin_manager(plugins_dir: str | Path | None = None, entry_points: bool = True) -> PluginManager:
+    """Build a fresh plugin manager: built-ins, entry points (group ``mobench``), then ``plugins_dir``."""
+    pm = PluginManager("mobench")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    pm.registry = registry
+
+    def add(obj: Any, name: str, origin: str, version: str) -> None:
+        try:
+            pm.register(obj, name=name)
+            pm.check_pending()
+        except Exception as exc:  # a plugin with unknown hooks or bad signatures
+            if pm.is_registered(obj):
+                pm.unregister(obj)
+            registry.errors.append(f"plugin {name!r} ({origin}) is broken and was skipped: {_one_line(exc)}")
+            return
+        registry.plugins[name] = PluginInfo(name, origin, version)
+
+    version = _mobench_version()
+    for package in BUILTIN_PACKAGES:
+        pkg = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if info.name.startswith("_"):
+                continue
+            modname = f"{package}.{info.name}"
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:
+                registry.errors.append(f"built-in plugin {modname!r} failed to import: {_one_line(exc)}")
+                continue
+            add(module, modname, "builtin", version)
+
+    if entry_points:
+        for ep in sorted(metadata.entry_points(group="mobench"), key=lambda e: e.name):
+            dist_version = ep.dist.version if ep.dist is not None else "unknown"
+            dist_name = ep.dist.metadata["Name"] if ep.dist is not None else "unknown"
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                registry.errors.append(f"plugin {ep.name!r} ({dist_name}) failed to load: {_one_line(exc)}")
+                continue
+            add(obj, ep.name, f"entry point of {dist_name}", dist_version)
+
+    if plugins_dir is not None:
+        folder = Path(plugins_dir)
+        if not folder.is_dir():
+            raise MobenchError(f"--plugins-dir {folder} is not a folder")
+        for path in sorted(folder.glob("*.py")):
+            try:
+                module = _load_file(path)
+            except Exception as exc:
+                registry.errors.append(f"plugin file {str(path)!r} failed to import: {_one_line(exc)}")
+                continue
+            add(module, f"file:{path.name}", f"file {path}", "file")
+
+    _fill(pm, registry)
+    return pm
+
+
+def _fill(pm: pluggy.PluginManager, registry: Registry) -> None:
+    # Each implementation is called on its own so that one broken plugin cannot hide the others.
+    for hook_name in ("register_objectives", "register_tasks", "register_methods"):
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            register = Register(registry, impl.plugin_name)
+            try:
+                impl.function(register)
+            except Exception as exc:
+                registry.errors.append(f"plugin {impl.plugin_name!r} failed in {hook_name}: {_one_line(exc)}")
+            if impl.plugin_name in registry.plugins:
+                registry.plugins[impl.plugin_name].hooks.append(hook_name)

@@ -1,0 +1,1 @@
+"""Shared trainers over trl: DPO experts, margin-DPO, RL with weighted rewards."""

@@ -1,0 +1,1 @@
+"""Built-in task plugins and their objectives."""
