@@ -94,7 +94,10 @@ class TaskInstance:
     ``prompts`` are already formatted for the policy (chat template applied). ``pairs`` maps an
     objective name to its preference pairs, for methods that train. ``normalisation`` and
     ``reference_point`` are fixed per task and scale (never derived from the runs being compared);
-    the reference point is in normalised space, one coordinate per objective.
+    the reference point is in normalised space, one coordinate per objective. ``grid_points`` is the
+    scale's default points per simplex edge; ``generation`` holds decoding settings (max_new_tokens,
+    do_sample, temperature, batch_size); ``budgets`` holds training budgets per trainer ("dpo", "rl",
+    "value_head", ...), read by the methods.
     """
 
     name: str
@@ -105,6 +108,7 @@ class TaskInstance:
     normalisation: dict[str, Normalisation]
     reference_point: tuple[float, ...]
     pairs: dict[str, list[PreferencePair]] = field(default_factory=dict)
+    grid_points: int = 3
     generation: dict[str, Any] = field(default_factory=dict)
     budgets: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
