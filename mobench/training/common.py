@@ -1,0 +1,130 @@
+"""Pieces every trainer shares: LoRA configs, progress callbacks, trl datasets, data hashes, adapter loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from mobench.api import MobenchError, PreferencePair, RunContext
+
+# The libraries whose versions change what a trainer produces; part of every artifact key.
+TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets")
+
+LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all-linear"}
+
+
+def lora_config(budget: dict[str, Any]):
+    """A peft LoraConfig for a causal LM from a budget dict (lora_r, lora_alpha, lora_dropout, lora_target)."""
+    from peft import LoraConfig
+
+    b = {**LORA_DEFAULTS, **{k: v for k, v in budget.items() if k in LORA_DEFAULTS and v is not None}}
+    r = int(b["lora_r"])
+    if r <= 0:
+        raise MobenchError(f"lora_r must be a positive integer, not {b['lora_r']!r}")
+    return LoraConfig(
+        r=r,
+        # alpha = 2r is the usual choice; the merge code reads the scaling from the saved config anyway.
+        lora_alpha=int(b["lora_alpha"] or 2 * r),
+        lora_dropout=float(b["lora_dropout"]),
+        target_modules=b["lora_target"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def lora_key(budget: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA hyper-parameters as they enter an artifact key (defaults filled in)."""
+    cfg = lora_config(budget)
+    target = cfg.target_modules
+    return {
+        "r": cfg.r,
+        "alpha": cfg.lora_alpha,
+        "dropout": cfg.lora_dropout,
+        "target": sorted(target) if isinstance(target, (set, list, tuple)) else target,
+    }
+
+
+def progress_callback(context: RunContext | None, description: str):
+    """A transformers TrainerCallback advancing ``context.progress`` once per optimiser step (None: no-op)."""
+    from transformers import TrainerCallback
+
+    progress = context.progress if context is not None else None
+
+    class _ProgressCallback(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if progress is not None:
+                self.bar = progress.step(description, total=state.max_steps or args.max_steps or None)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.advance(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return _ProgressCallback()
+
+
+def pairs_dataset(pairs: Sequence[PreferencePair]):
+    """A datasets.Dataset in trl's standard preference format (prompt / chosen / rejected columns)."""
+    from datasets import Dataset
+
+    if not pairs:
+        raise MobenchError("no preference pairs to train on")
+    return Dataset.from_dict(
+        {
+            "prompt": [p.prompt for p in pairs],
+            "chosen": [p.chosen for p in pairs],
+            "rejected": [p.rejected for p in pairs],
+        }
+    )
+
+
+def data_hash(pairs: Sequence[PreferencePair]) -> str:
+    """A stable sha256 of the pairs' text, in order, for artifact keys."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.prompt, p.chosen, p.rejected], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def resolve_device(context: RunContext | None) -> str:
+    """The context's device, or the default one (cuda when visible, else cpu)."""
+    from mobench.models import default_device
+
+    return (context.device if context is not None else None) or default_device()
+
+
+def load_adapter(base, adapter_path: str | Path, adapter_name: str = "default"):
+    """Attach a saved LoRA adapter to ``base`` (a transformers model or a PeftModel); returns the PeftModel."""
+    from peft import PeftModel
+
+    path = Path(adapter_path)
+    if not (path / "adapter_config.json").exists():
+        raise MobenchError(f"{path} holds no saved LoRA adapter (adapter_config.json missing)")
+    if isinstance(base, PeftModel):
+        base.load_adapter(str(path), adapter_name=adapter_name)
+        return base
+    return PeftModel.from_pretrained(base, str(path), adapter_name=adapter_name, is_trainable=False)
+
+
+def load_policy_with_adapters(policy: str, adapters: dict[str, str | Path], device: str | None = None):
+    """Load the task policy once and attach each named saved adapter: (PeftModel, tokenizer), eval mode."""
+    from mobench.models import load_causal_lm
+
+    if not adapters:
+        raise MobenchError("no adapters to load")
+    model, tok = load_causal_lm(policy, device=device)
+    for name, path in adapters.items():
+        model = load_adapter(model, path, adapter_name=name)
+    model.to(model.device if device is None else device)
+    model.eval()
+    return model, tok
