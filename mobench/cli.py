@@ -1,0 +1,242 @@
+"""The command line: a thin layer over the library. User mistakes exit 2 with one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from mobench.api import MobenchError
+
+EXIT_USER_ERROR = 2
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+class RichProgress:
+    """The runner's progress reporter: one rich bar per long step (grid points, training, generation)."""
+
+    def __init__(self, progress):
+        self._progress = progress
+
+    def step(self, description: str, total: int | None = None):
+        task_id = self._progress.add_task(description, total=total)
+        progress = self._progress
+
+        class _Step:
+            def advance(self, n: int = 1) -> None:
+                progress.advance(task_id, n)
+
+            def close(self) -> None:
+                progress.update(task_id, visible=False)
+
+        return _Step()
+
+
+def _registry(ctx: click.Context):
+    return ctx.obj["pm"].registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugins-dir", type=click.Path(), default=None, help="Also load every *.py plugin file in DIR.")
+@click.version_option(package_name="mobench")
+@click.pass_context
+def cli(ctx: click.Context, plugins_dir: str | None) -> None:
+    """mobench: compare multi-objective alignment methods on one preference grid."""
+
+
+@cli.command()
+@click.option("--method", "-m", required=True, help="Method name (see `mobench list methods`).")
+@click.option("--task", "-t", required=True, help="Task name (see `mobench list tasks`).")
+@click.option("--scale", default="tiny", show_default=True, help="tiny (CPU, offline) or paper (GPU, hub models).")
+@click.option("--grid", type=int, default=None, help="Points per simplex edge (2 objectives, 11: w_1 = 0, 0.1, ..., 1).")
+@click.option("--weights", default=None, help='Explicit preference points, e.g. "0.2,0.8;0.5,0.5".')
+@click.option("--limit", type=int, default=None, help="Use only the first N evaluation prompts.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--results", default="results", show_default=True, help="Results store folder.")
+@click.option("--resume", "resume", default=None, help="Continue the run RUN_ID with its own settings.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--option", "-o", "options", multiple=True, help="Method option KEY=VALUE (repeatable).")
+@click.pass_context
+def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options):
+    """Run one method over the task's preference grid and store the scored rows."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mobench.api import RunContext
+    from mobench.runner import RunConfig, execute
+    from mobench.store import Store
+
+    parsed = {}
+    for item in options:
+        if "=" not in item:
+            raise MobenchError(f"--option {item!r} must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except ValueError:
+            parsed[key] = value
+    config = RunConfig(method=method, task=task, scale=scale, grid=grid, weights=weights, limit=limit, seed=seed, options=parsed)
+    console = _stderr()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        context = RunContext(seed=seed, device=device, progress=RichProgress(progress), options=parsed)
+        result = execute(config, _registry(ctx), Store(results), context, resume=resume, on_event=lambda m: console.log(m))
+    click.echo(
+        f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "
+        f"{result.total} in the grid"
+    )
+
+
+def _entries(ctx, task, results, scale):
+    from mobench.report import leaderboard
+    from mobench.store import Store
+
+    return leaderboard(Store(results), task, scale)
+
+
+@cli.command(name="leaderboard")
+@click.option("--task", "-t", required=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--scale", default=None, help="Only runs at this scale (default: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.pass_context
+def leaderboard_cmd(ctx, task, results, scale, fmt):
+    """Rank every method with a run on TASK by hypervolume."""
+    from rich.console import Console
+
+    from mobench import report
+
+    _registry(ctx).task(task)
+    entries = _entries(ctx, task, results, scale)
+    if fmt == "markdown":
+        click.echo(report.to_markdown(entries, task), nl=False)
+    elif fmt == "json":
+        click.echo(report.to_json(entries, task), nl=False)
+    else:
+        report.print_table(entries, task, Console())
+
+
+@cli.command(name="plot")
+@click.option("--task", "-t", required=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--scale", default=None)
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
+@click.pass_context
+def plot_cmd(ctx, task, results, scale, out):
+    """Draw every method's grid points and Pareto front in one figure."""
+    from mobench import report
+
+    _registry(ctx).task(task)
+    path = report.plot(_entries(ctx, task, results, scale), task, out)
+    click.echo(str(path))
+
+
+@cli.command(name="report")
+@click.option("--task", "-t", required=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--scale", default=None)
+@click.option("--out", required=True, type=click.Path(), help="Folder for leaderboard.md, leaderboard.json, pareto.png.")
+@click.pass_context
+def report_cmd(ctx, task, results, scale, out):
+    """Write leaderboard.md, leaderboard.json and pareto.png together, for CI to publish."""
+    from mobench import report
+
+    _registry(ctx).task(task)
+    entries = _entries(ctx, task, results, scale)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "leaderboard.md").write_text(report.to_markdown(entries, task))
+    (folder / "leaderboard.json").write_text(report.to_json(entries, task))
+    report.plot(entries, task, folder / "pareto.png")
+    click.echo(f"wrote {folder}/leaderboard.md, leaderboard.json, pareto.png")
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["methods", "tasks", "objectives"]))
+@click.pass_context
+def list_cmd(ctx, what):
+    """List the registered methods, tasks or objectives and the plugin that registered each."""
+    registry = _registry(ctx)
+    table = {"methods": registry.methods, "tasks": registry.tasks, "objectives": registry.objectives}[what]
+    kind = what[:-1]
+    for name in sorted(table):
+        spec = table[name]
+        extra = f" [objectives: {', '.join(spec.objectives)}]" if what == "tasks" else ""
+        click.echo(f"{name}\t{spec.description}{extra}\t(plugin {registry.owner[(kind, name)]})")
+
+
+@cli.command(name="plugins")
+@click.pass_context
+def plugins_cmd(ctx):
+    """Print the installed plugins, their origin, version and hooks, as JSON."""
+    registry = _registry(ctx)
+    out = [
+        {"name": p.name, "origin": p.origin, "version": p.version, "hooks": sorted(set(p.hooks))}
+        for p in registry.plugins.values()
+    ]
+    click.echo(json.dumps({"plugins": out, "errors": registry.errors}, indent=2))
+
+
+def _plugins_dir_from(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--plugins-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--plugins-dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mobench`` console script."""
+    from mobench.plugins import get_plugin_manager
+    from mobench.store import CorruptLineWarning
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = _stderr()
+
+    def warn_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CorruptLineWarning):
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = warn_line
+    try:
+        pm = get_plugin_manager(plugins_dir=_plugins_dir_from(argv))
+        for error in pm.registry.errors:
+            console.print(f"[yellow]warning:[/] {error}")
+        for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+            try:
+                impl.function(cli)
+            except Exception as exc:  # a broken plugin must not take the CLI down
+                console.print(f"[yellow]warning:[/] plugin {impl.plugin_name!r} failed in register_commands: {exc}")
+        cli.main(args=argv, prog_name="mobench", obj={"pm": pm}, standalone_mode=False)
+    except MobenchError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        return EXIT_USER_ERROR
+    except click.exceptions.Abort:
+        console.print("[red]aborted[/]")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]; rows already written are kept")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    """Console-script wrapper: exit with ``main``'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,99 @@
+"""Hypervolume, Pareto front and controllability over a run's grid points.
+
+All functions take *normalised* scores where higher is better for every objective (the task's
+normalisation already applied the objective's direction). pymoo minimises, so points and the
+reference point are negated before they reach it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def _as_points(points: Sequence[Sequence[float]]) -> np.ndarray:
+    arr = np.asarray(points, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError("points must be a 2-D array: one row per grid point, one column per objective")
+    return arr
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference_point: Sequence[float]) -> float:
+    """Volume dominated by ``points`` and bounded below by ``reference_point`` (maximisation)."""
+    from pymoo.indicators.hv import HV
+
+    ref = np.asarray(reference_point, dtype=float)
+    if len(points) == 0:
+        return 0.0
+    arr = _as_points(points)
+    if arr.shape[1] != ref.shape[0]:
+        raise ValueError(f"points have {arr.shape[1]} objectives but the reference point has {ref.shape[0]}")
+    # Points that do not strictly beat the reference in every objective add no volume.
+    inside = arr[np.all(arr > ref, axis=1)]
+    if inside.shape[0] == 0:
+        return 0.0
+    return float(HV(ref_point=-ref)(-inside))
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points (maximisation), by pymoo's non-dominated sorting."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    if len(points) == 0:
+        return []
+    arr = _as_points(points)
+    front = NonDominatedSorting().do(-arr, only_non_dominated_front=True)
+    return sorted(int(i) for i in front)
+
+
+def _adjacent_pairs(weights: np.ndarray, i: int) -> list[tuple[int, int]]:
+    """Pairs (a, b) of grid points one step apart where b has more weight on objective i than a."""
+    n, m = weights.shape
+    if m == 2:
+        order = np.argsort(weights[:, i], kind="stable")
+        return [(int(a), int(b)) for a, b in zip(order[:-1], order[1:]) if weights[b, i] > weights[a, i]]
+    diffs = np.abs(weights[:, None, :] - weights[None, :, :])
+    positive = diffs[diffs > 1e-9]
+    if positive.size == 0:
+        return []
+    step = positive.min()
+    pairs = []
+    for a in range(n):
+        for b in range(n):
+            d = weights[b] - weights[a]
+            if abs(d[i] - step) > 1e-6:
+                continue
+            others = np.delete(d, i)
+            if np.sum(np.abs(others + step) < 1e-6) == 1 and np.sum(np.abs(others) > 1e-6) == 1:
+                pairs.append((a, b))
+    return pairs
+
+
+def controllability(weights: Sequence[Sequence[float]], scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Spearman correlation of w_i with objective i (mean over objectives) and the monotone share.
+
+    ``monotone`` is the share of adjacent grid steps, over all objectives, where raising w_i does not
+    lower objective i. Objectives whose weight or score is constant over the grid give no correlation
+    and are left out of the mean; NaN when nothing is left.
+    """
+    from scipy.stats import spearmanr
+
+    w = _as_points(weights)
+    s = _as_points(scores)
+    if w.shape != s.shape:
+        raise ValueError("weights and scores must have the same shape")
+    rhos, kept, total = [], 0, 0
+    for i in range(w.shape[1]):
+        if w.shape[0] >= 2 and np.ptp(w[:, i]) > 0 and np.ptp(s[:, i]) > 0:
+            rho = spearmanr(w[:, i], s[:, i]).statistic
+            if not math.isnan(rho):
+                rhos.append(float(rho))
+        for a, b in _adjacent_pairs(w, i):
+            total += 1
+            kept += int(s[b, i] >= s[a, i])
+    return {
+        "spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "monotone": kept / total if total else float("nan"),
+    }

@@ -1,0 +1,268 @@
+"""One method x one task x the preference grid -> scored rows in the store, resumable at any point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from mobench.api import SCALES, MobenchError, Preference, RunContext, TaskInstance
+from mobench.grid import parse_weights, simplex_grid
+from mobench.plugins import Registry
+from mobench.provenance import git_revision, machine, versions
+from mobench.store import RunDir, Store
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run (and, hashed, its run id)."""
+
+    method: str
+    task: str
+    scale: str = "tiny"
+    grid: int | None = None
+    weights: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run: RunDir
+    computed: int
+    skipped: int
+    total: int
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_id(config: RunConfig, preferences: list[Preference]) -> str:
+    """A readable, deterministic id: the same command gives the same id, so it resumes."""
+    identity = {
+        "method": config.method,
+        "task": config.task,
+        "scale": config.scale,
+        "grid": [p.key for p in preferences],
+        "limit": config.limit,
+        "seed": config.seed,
+        "options": config.options,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{config.scale}-s{config.seed}-{digest}"
+
+
+def _peak_memory_mb(device: str | None) -> dict[str, float]:
+    # ru_maxrss is the process's peak resident set so far (KiB on Linux): an upper bound per point.
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _reset_cuda_peak() -> None:
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def resolve_preferences(config: RunConfig, objectives: int, default_grid: int) -> list[Preference]:
+    """The grid of this run: explicit ``--weights`` points, else ``--grid N``, else the task's default."""
+    if config.weights:
+        return parse_weights(config.weights, objectives)
+    return simplex_grid(objectives, config.grid or default_grid)
+
+
+def validate(config: RunConfig, registry: Registry) -> None:
+    """Check names, scale and weights before anything heavy is loaded."""
+    if config.scale not in SCALES:
+        raise MobenchError(f"unknown scale {config.scale!r}; choose one of {', '.join(SCALES)}")
+    registry.method(config.method)
+    task_spec = registry.task(config.task)
+    if config.weights:
+        parse_weights(config.weights, len(task_spec.objectives))
+    if config.grid is not None and config.grid < 2:
+        raise MobenchError(f"--grid must be at least 2 points per edge, got {config.grid}")
+    if config.limit is not None and config.limit < 1:
+        raise MobenchError(f"--limit must be at least 1, got {config.limit}")
+
+
+def score_point(task: TaskInstance, prompts: list[str], responses: list[str]) -> tuple[dict, dict, dict, list[dict]]:
+    """Score one grid point's responses with every objective: means, standard errors, z-scores, per-item."""
+    per_objective = {}
+    for objective in task.objectives:
+        values = [float(v) for v in objective.score(prompts, responses)]
+        if len(values) != len(responses):
+            raise MobenchError(f"objective {objective.name!r} returned {len(values)} scores for {len(responses)} responses")
+        per_objective[objective.name] = values
+    means, stderrs, normalised = {}, {}, {}
+    for objective in task.objectives:
+        mean, se = _mean_stderr(per_objective[objective.name])
+        means[objective.name], stderrs[objective.name] = mean, se
+        normalised[objective.name] = task.normalisation[objective.name].apply(mean, objective.direction)
+    items = [{name: per_objective[name][j] for name in per_objective} for j in range(len(responses))]
+    return means, stderrs, normalised, items
+
+
+def execute(
+    config: RunConfig,
+    registry: Registry,
+    store: Store,
+    context: RunContext,
+    resume: str | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run ``config`` into ``store``: load the task, prepare the method, fill the missing grid points."""
+    say = on_event or (lambda message: None)
+    validate(config, registry)
+    store.ensure()
+    method_spec = registry.method(config.method)
+    task_spec = registry.task(config.task)
+
+    saved_grid = None
+    if resume:
+        # --resume takes the settings and grid the run was started with.
+        resumed = store.run(config.task, config.method, resume)
+        if not resumed.manifest_path.exists():
+            raise MobenchError(f"no run {resume!r} of {config.method} on {config.task} in {store.root}")
+        saved = resumed.read_manifest()
+        config = RunConfig(**{k: v for k, v in saved.get("config", {}).items() if k in asdict(config)})
+        saved_grid = [Preference(tuple(w)) for w in saved["grid"]]
+
+    say(f"loading task {config.task} ({config.scale})")
+    task = task_spec.load(config.scale, context)
+    if tuple(task.objective_names) != tuple(task_spec.objectives):
+        raise MobenchError(f"task {config.task!r} declared objectives {task_spec.objectives} but loaded {task.objective_names}")
+    prompts = task.prompts[: config.limit] if config.limit else list(task.prompts)
+    preferences = saved_grid or resolve_preferences(config, len(task.objectives), task.grid_points)
+
+    rid = resume or run_id(config, preferences)
+    run = store.run(config.task, config.method, rid)
+    if run.manifest_path.exists():
+        manifest = run.read_manifest()
+        run.update_manifest(resumed_at=[*manifest.get("resumed_at", []), _now()], status="running")
+    else:
+        run.write_manifest(
+            {
+                "mobench_results": 1,
+                "run_id": rid,
+                "config": asdict(config),
+                "task": config.task,
+                "method": config.method,
+                "scale": config.scale,
+                "objectives": task.objective_names,
+                "directions": {o.name: o.direction for o in task.objectives},
+                "grid": [list(p.weights) for p in preferences],
+                "n_prompts": len(prompts),
+                "prompts_sha256": hashlib.sha256("\x1e".join(prompts).encode()).hexdigest(),
+                "normalisation": {k: asdict(v) for k, v in task.normalisation.items()},
+                "reference_point": list(task.reference_point),
+                "policy": task.policy,
+                "task_provenance": task.provenance,
+                "objective_provenance": {o.name: o.provenance() for o in task.objectives},
+                "plugins": {
+                    "method": registry.owner[("method", config.method)],
+                    "task": registry.owner[("task", config.task)],
+                    "versions": {name: info.version for name, info in registry.plugins.items()},
+                },
+                "versions": versions(),
+                "git_revision": git_revision(),
+                "machine": machine(),
+                "seed": config.seed,
+                "started_at": _now(),
+                "status": "running",
+            }
+        )
+
+    done = run.done_keys()
+    missing = [p for p in preferences if p.key not in done]
+    result = RunResult(run=run, computed=0, skipped=len(preferences) - len(missing), total=len(preferences))
+    if not missing:
+        run.update_manifest(status="complete", finished_at=_now())
+        say(f"all {len(preferences)} grid points already in {run.path}")
+        return result
+
+    say(f"preparing {config.method}")
+    method = method_spec.factory(**{**method_spec.options, **config.options})
+    started = time.perf_counter()
+    method.prepare(task, context)
+    prepare_seconds = time.perf_counter() - started
+    run.update_manifest(method_provenance=method.provenance(), prepare_seconds=prepare_seconds)
+
+    attempt = uuid.uuid4().hex[:12]
+    batches = [missing] if getattr(method, "batch_preferences", False) else [[p] for p in missing]
+    point_step = context.progress.step("grid points", total=len(missing)) if context.progress else None
+    try:
+        for batch in batches:
+            _reset_cuda_peak()
+            t0 = time.perf_counter()
+            responses = method.generate(prompts, batch)
+            generation_seconds = (time.perf_counter() - t0) / len(batch)
+            if len(responses) != len(batch) or any(len(r) != len(prompts) for r in responses):
+                raise MobenchError(f"method {config.method!r} returned a wrong number of responses")
+            for preference, texts in zip(batch, responses):
+                t1 = time.perf_counter()
+                means, stderrs, normalised, items = score_point(task, prompts, texts)
+                scoring_seconds = time.perf_counter() - t1
+                row = {
+                    "preference_key": preference.key,
+                    "weights": list(preference.weights),
+                    "objectives": task.objective_names,
+                    "mean": means,
+                    "stderr": stderrs,
+                    "normalised": normalised,
+                    "n": len(prompts),
+                    "generation_seconds": generation_seconds,
+                    "scoring_seconds": scoring_seconds,
+                    "wall_seconds": generation_seconds + scoring_seconds,
+                    "batched_points": len(batch),
+                    **_peak_memory_mb(context.device),
+                    "attempt": attempt,
+                    "written_at": _now(),
+                }
+                generations = [
+                    {
+                        "preference_key": preference.key,
+                        "attempt": attempt,
+                        "prompt_index": j,
+                        "prompt": prompts[j],
+                        "response": texts[j],
+                        "scores": items[j],
+                    }
+                    for j in range(len(prompts))
+                ]
+                if run.append_point(row, generations):
+                    result.computed += 1
+                else:
+                    result.skipped += 1
+                if point_step:
+                    point_step.advance(1)
+    finally:
+        if point_step:
+            point_step.close()
+    complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
+    run.update_manifest(status="complete" if complete else "partial", finished_at=_now())
+    return result

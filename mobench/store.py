@@ -1,0 +1,198 @@
+"""Results on disk: one folder a run, append-only rows, and a manifest that says how it was made.
+
+Layout: ``<root>/<task>/<method>/<run-id>/{manifest.json, rows.jsonl, generations.jsonl}``.
+
+Crash and concurrency safety, by construction rather than by luck:
+- every line is written with one ``write(2)`` on an ``O_APPEND`` descriptor and fsynced, under an
+  exclusive ``flock`` on the run's lock file, so two writers never interleave and a killed writer
+  leaves at most one partial last line (skipped with a warning on reading);
+- a grid point's generations are written before its row, each tagged with the attempt that wrote
+  them, and the row is the commit: generations of an attempt without a row are ignored;
+- before appending a row the writer re-reads the rows under the lock, so a point is never written
+  twice, even by two processes running the same command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mobench.api import MobenchError
+
+MARKER = ".mobench-store"
+STORE_VERSION = 1
+_IGNORABLE = {".gitkeep", "README.md", ".gitignore", MARKER}
+
+
+class CorruptLineWarning(UserWarning):
+    """A line of a results file could not be parsed and was skipped."""
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True) + "\n").encode()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never a half file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file, skipping (with a warning naming file and line) any corrupt line."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+                if not isinstance(obj, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                warnings.warn(f"{path}:{number}: corrupt line skipped", CorruptLineWarning, stacklevel=2)
+                continue
+            out.append(obj)
+    return out
+
+
+class Store:
+    """A results folder holding any number of runs of any methods on any tasks."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def check(self) -> None:
+        """Raise unless the folder exists and is a mobench store."""
+        if not self.root.is_dir():
+            raise MobenchError(f"no results store at {self.root}: run `mobench run` first or pass --results DIR")
+        if not (self.root / MARKER).exists():
+            raise MobenchError(f"{self.root} is not a mobench results store (no {MARKER} file in it)")
+
+    def ensure(self) -> None:
+        """Create the store (or accept an existing one); refuse a non-empty folder that is not a store."""
+        if self.root.exists() and not self.root.is_dir():
+            raise MobenchError(f"--results {self.root} is a file, not a folder")
+        if (self.root / MARKER).exists():
+            return
+        if self.root.is_dir() and any(p.name not in _IGNORABLE for p in self.root.iterdir()):
+            raise MobenchError(
+                f"{self.root} is not a mobench results store and is not empty; pass an empty or new folder to --results"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.root / MARKER, {"mobench_store": STORE_VERSION})
+
+    def run(self, task: str, method: str, run_id: str) -> "RunDir":
+        return RunDir(self.root / task / method / run_id)
+
+    def runs(self, task: str | None = None) -> list["RunDir"]:
+        """Every run folder with a manifest, optionally for one task."""
+        self.check()
+        pattern = f"{task}/*/*/manifest.json" if task else "*/*/*/manifest.json"
+        return [RunDir(p.parent) for p in sorted(self.root.glob(pattern))]
+
+
+class RunDir:
+    """One run's folder: its manifest, rows and generations."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest_path = self.path / "manifest.json"
+        self.rows_path = self.path / "rows.jsonl"
+        self.generations_path = self.path / "generations.jsonl"
+        self.lock_path = self.path / ".lock"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's exclusive lock (between processes and threads alike)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MobenchError(f"{self.manifest_path}: unreadable manifest ({exc})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        with self.locked():
+            write_json_atomic(self.manifest_path, manifest)
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge fields into the manifest under the lock."""
+        with self.locked():
+            manifest = self.read_manifest() if self.manifest_path.exists() else {}
+            manifest.update(fields)
+            write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The committed rows, one per grid point (the first if a point somehow appears twice)."""
+        seen, out = set(), []
+        for row in read_jsonl(self.rows_path):
+            key = row.get("preference_key")
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            out.append(row)
+        return out
+
+    def done_keys(self) -> set[str]:
+        return {row["preference_key"] for row in self.rows()}
+
+    def generations(self) -> list[dict[str, Any]]:
+        """Generations of committed rows only (those of an attempt killed before its row are dropped)."""
+        committed = {(r["preference_key"], r.get("attempt")) for r in self.rows()}
+        return [g for g in read_jsonl(self.generations_path) if (g.get("preference_key"), g.get("attempt")) in committed]
+
+    def append_point(self, row: dict[str, Any], generations: list[dict[str, Any]]) -> bool:
+        """Append one grid point's generations then its row; return False if the point already exists."""
+        with self.locked():
+            if row["preference_key"] in self.done_keys():
+                return False
+            _append(self.generations_path, b"".join(_json_line(g) for g in generations))
+            _append(self.rows_path, _json_line(row))
+        return True
+
+
+def _append(path: Path, payload: bytes) -> None:
+    if not payload:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        # A previous writer killed mid-line leaves no newline at the end: start on a fresh line so the
+        # partial line stays one corrupt line and never swallows ours.
+        if os.fstat(fd).st_size > 0:
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    payload = b"\n" + payload
+        view = memoryview(payload)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""Per-objective experts: LoRA DPO with trl's DPOTrainer against the task policy, through the artifact cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mobench.api import MobenchError, RunContext, TaskInstance
+from mobench.training.common import (
+    TRAINING_LIBRARIES,
+    data_hash,
+    lora_config,
+    lora_key,
+    pairs_dataset,
+    progress_callback,
+    resolve_device,
+)
+
+EXPERT_KIND = "dpo-experts"
+DPO_DEFAULTS: dict[str, Any] = {
+    "steps": 32,
+    "batch_size": 8,
+    "learning_rate": 5e-4,
+    "beta": 0.1,
+    "max_length": 256,
+    "lora_r": 16,
+    "n_pairs": 256,
+}
+TRAIN_INFO = "mobench-train.json"
+
+
+def dpo_budget(task: TaskInstance) -> dict[str, Any]:
+    """The task's DPO budget with defaults filled in for absent keys."""
+    given = task.budgets.get("dpo") or {}
+    return {**DPO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+
+
+def policy_fingerprint(policy: str) -> dict[str, Any]:
+    """What identifies the base model in a key: the alias or hub id, or a local folder's file contents."""
+    if not os.path.isdir(policy):
+        return {"policy": policy}
+    # A local folder (tests, user checkpoints) is identified by its content, not by where it lies.
+    h = hashlib.sha256()
+    for path in sorted(Path(policy).iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".model", ".txt"):
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+    return {"policy": "local-folder", "content_sha256": h.hexdigest()}
+
+
+def _expert_pairs(task: TaskInstance, objective: str, n_pairs: int):
+    pairs = task.pairs.get(objective)
+    if not pairs:
+        have = ", ".join(sorted(k for k, v in task.pairs.items() if v)) or "none"
+        raise MobenchError(f"task {task.name!r} has no preference pairs for objective {objective!r} (pairs for: {have})")
+    return list(pairs)[: int(n_pairs)]
+
+
+def expert_key(task: TaskInstance, objective: str, context: RunContext | None = None) -> dict[str, Any]:
+    """Everything that determines the expert: base, objective, data, hyper-parameters, seed, precision, versions."""
+    from mobench.artifacts import library_versions
+    from mobench.models import default_dtype
+
+    budget = dpo_budget(task)
+    pairs = _expert_pairs(task, objective, budget["n_pairs"])
+    device = resolve_device(context)
+    return {
+        "trainer": "trl-dpo-lora",
+        "base": policy_fingerprint(task.policy),
+        "objective": objective,
+        "data": {"sha256": data_hash(pairs), "n_pairs": len(pairs)},
+        "hyper": {
+            "steps": int(budget["steps"]),
+            "batch_size": int(budget["batch_size"]),
+            "learning_rate": float(budget["learning_rate"]),
+            "beta": float(budget["beta"]),
+            "max_length": int(budget["max_length"]),
+            "lora": lora_key(budget),
+        },
+        "seed": int(context.seed if context is not None else 0),
+        "precision": str(default_dtype(device)).replace("torch.", ""),
+        "versions": library_versions(*TRAINING_LIBRARIES),
+    }
+
+
+def _truncate_prompts(pairs, tokenizer, max_prompt_tokens: int):
+    # trl 1.16 only truncates the end of prompt+completion ("keep_start"), so an overlong multi-turn
+    # prompt would swallow both completions; keep the prompt's last tokens instead.
+    from mobench.api import PreferencePair
+
+    out = []
+    for p in pairs:
+        ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        prompt = p.prompt if len(ids) <= max_prompt_tokens else tokenizer.decode(ids[-max_prompt_tokens:])
+        out.append(PreferencePair(prompt, p.chosen, p.rejected))
+    return out
+
+
+def _train(task: TaskInstance, objective: str, context: RunContext | None, out: Path) -> None:
+    """Train one LoRA DPO expert and save the adapter (and a training record) into ``out``."""
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from mobench.models import load_causal_lm
+
+    budget = dpo_budget(task)
+    device = resolve_device(context)
+    seed = int(context.seed if context is not None else 0)
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(task.policy, device=device)
+    pairs = _truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]) // 2)
+    on_cuda = str(device).startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch:
+        args = DPOConfig(
+            output_dir=scratch,
+            max_steps=int(budget["steps"]),
+            per_device_train_batch_size=int(budget["batch_size"]),
+            learning_rate=float(budget["learning_rate"]),
+            beta=float(budget["beta"]),
+            max_length=int(budget["max_length"]),
+            seed=seed,
+            data_seed=seed,
+            # trl 1.x turns gradient checkpointing on by default; at this size it only costs time.
+            gradient_checkpointing=False,
+            bf16=on_cuda,
+            use_cpu=not on_cuda,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=max(1, int(budget["steps"]) // 4),
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,  # with a peft adapter trl scores the reference with the adapter disabled
+            args=args,
+            train_dataset=pairs_dataset(pairs),
+            processing_class=tok,
+            peft_config=lora_config(budget),
+            callbacks=[progress_callback(context, f"DPO expert {task.name}/{objective}")],
+        )
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+    trainer.model.save_pretrained(str(out))
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    record = {
+        "objective": objective,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "log": logs,
+    }
+    (out / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+
+
+def train_dpo_expert(task: TaskInstance, objective: str, context: RunContext | None = None) -> Path:
+    """The folder of objective's LoRA DPO expert adapter for ``task``, trained only if not cached yet."""
+    from mobench.artifacts import get_or_build
+
+    key = expert_key(task, objective, context)
+    return get_or_build(EXPERT_KIND, key, lambda out: _train(task, objective, context, out))
+
+
+def load_experts(task: TaskInstance, context: RunContext | None = None, objectives: list[str] | None = None) -> dict[str, Path]:
+    """Expert adapter folders for each objective of the task (in objective order), training missing ones."""
+    names = objectives or task.objective_names
+    return {name: train_dpo_expert(task, name, context) for name in names}
+
+
+def expert_record(path: Path) -> dict[str, Any]:
+    """The training record saved with an expert (seconds, loss log), for provenance."""
+    info = Path(path) / TRAIN_INFO
+    return json.loads(info.read_text()) if info.exists() else {}

@@ -1,0 +1,150 @@
+"""Per-objective LoRA DPO experts: trained through trl, cached, and reused without retraining."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from mobench.api import PreferencePair, RunContext, TaskInstance
+
+SPLIT = "\n\nAssistant:"
+
+
+class LengthObjective:
+    """A stand-in objective (response length in words) so a test task is complete."""
+
+    direction = 1
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def score(self, prompts, responses):
+        return [float(len(r.split())) for r in responses]
+
+    def provenance(self):
+        return {"kind": "test-length"}
+
+
+def real_pairs(data_dir: Path, n: int, max_chars: int = 240) -> dict[str, list[PreferencePair]]:
+    """Short real pairs: HH-RLHF harmless-base (split at the last assistant turn) and DOVE helpful pairs."""
+    harmless = []
+    with gzip.open(data_dir / "hh-rlhf/harmless-base/test.jsonl.gz", "rt") as fh:
+        for line in fh:
+            row = json.loads(line)
+            cut_c, cut_r = row["chosen"].rfind(SPLIT), row["rejected"].rfind(SPLIT)
+            prompt = row["chosen"][: cut_c + len(SPLIT)]
+            if prompt != row["rejected"][: cut_r + len(SPLIT)] or len(prompt) > max_chars:
+                continue
+            harmless.append(PreferencePair(prompt[-max_chars:], row["chosen"][cut_c + len(SPLIT) :][:max_chars], row["rejected"][cut_r + len(SPLIT) :][:max_chars]))
+            if len(harmless) == n:
+                break
+    helpful = []
+    with open(data_dir / "dove/anthropic_helpful/val_conditional_pref.jsonl") as fh:
+        for line in fh:
+            row = json.loads(line)
+            prompt = f"\n\nHuman: {row['i_chosen']}{SPLIT}"
+            helpful.append(PreferencePair(prompt[-max_chars:], " " + row["r_chosen"][:max_chars], " " + row["r_reject"][:max_chars]))
+            if len(helpful) == n:
+                break
+    return {"harmless": harmless, "helpful": helpful}
+
+
+def save_micro_policy(tokenizer, folder: Path, seed: int = 0) -> str:
+    """Save a micro Llama plus the tokenizer as a local policy folder (what task.policy may name)."""
+    from mobench.models import micro_causal_lm
+
+    if not (folder / "config.json").exists():
+        model = micro_causal_lm(tokenizer, seed=seed)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr: float = 5e-3) -> TaskInstance:
+    """A two-objective task over real pairs with a micro policy and a tiny DPO budget."""
+    pairs = real_pairs(data_dir, n_pairs)
+    return TaskInstance(
+        name="micro-hh",
+        scale="tiny",
+        policy=policy,
+        objectives=[LengthObjective("harmless"), LengthObjective("helpful")],
+        prompts=[p.prompt for p in pairs["harmless"][:4]],
+        normalisation={},
+        reference_point=(-3.0, -3.0),
+        pairs=pairs,
+        generation={"max_new_tokens": 8, "do_sample": False, "batch_size": 4},
+        budgets={"dpo": {"steps": steps, "batch_size": 4, "learning_rate": lr, "max_length": 96, "lora_r": 4, "n_pairs": n_pairs}},
+    )
+
+
+class Recorder:
+    def __init__(self):
+        self.steps = []
+
+    def step(self, description, total=None):
+        rec = {"description": description, "total": total, "advanced": 0, "closed": False}
+        self.steps.append(rec)
+
+        class _Step:
+            def advance(self, n=1):
+                rec["advanced"] += n
+
+            def close(self):
+                rec["closed"] = True
+
+        return _Step()
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_expert_trains_once_and_is_reused(cache, tmp_path, data_dir, smol_tokenizer, monkeypatch):
+    from mobench.training import dpo
+
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    progress = Recorder()
+    ctx = RunContext(seed=0, device="cpu", progress=progress)
+    path = dpo.train_dpo_expert(task, "harmless", ctx)
+    assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
+    record = dpo.expert_record(path)
+    assert record["steps"] == 2 and record["objective"] == "harmless"
+    # progress was visible: one step per optimiser step, then closed
+    assert progress.steps == [{"description": "DPO expert micro-hh/harmless", "total": 2, "advanced": 2, "closed": True}]
+
+    # A second call (a second method or run on the same task) must train nothing.
+    def no_training(*args, **kwargs):
+        raise AssertionError("expert was retrained")
+
+    monkeypatch.setattr(dpo, "_train", no_training)
+    again = dpo.load_experts(micro_task(data_dir, task.policy), RunContext(seed=0, device="cpu"), ["harmless"])
+    assert again == {"harmless": path}
+
+
+def test_expert_key_tracks_what_determines_it(data_dir, tmp_path, smol_tokenizer):
+    from mobench.training.dpo import expert_key
+
+    policy = save_micro_policy(smol_tokenizer, tmp_path / "policy")
+    base = expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=0, device="cpu"))
+    assert base == expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=0, device="cpu"))
+    assert base != expert_key(micro_task(data_dir, policy), "helpful", RunContext(seed=0, device="cpu"))
+    assert base != expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=1, device="cpu"))
+    assert base != expert_key(micro_task(data_dir, policy, steps=3), "harmless", RunContext(seed=0, device="cpu"))
+    assert base != expert_key(micro_task(data_dir, policy, n_pairs=6), "harmless", RunContext(seed=0, device="cpu"))
+    other = save_micro_policy(smol_tokenizer, tmp_path / "policy2", seed=1)
+    assert base != expert_key(micro_task(data_dir, other), "harmless", RunContext(seed=0, device="cpu"))
+    assert set(base["versions"]) == {"torch", "transformers", "trl", "peft", "datasets"}
+
+
+def test_missing_pairs_is_a_clear_error(data_dir, tmp_path, smol_tokenizer):
+    from mobench.api import MobenchError
+    from mobench.training.dpo import train_dpo_expert
+
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    with pytest.raises(MobenchError, match="no preference pairs for objective 'honest'"):
+        train_dpo_expert(task, "honest", RunContext(device="cpu"))

@@ -1,0 +1,55 @@
+import math
+
+import pytest
+
+from mobench.metrics import controllability, hypervolume, pareto_front
+
+
+def test_hypervolume_of_a_two_d_staircase_equals_the_hand_computed_area():
+    # Boxes [0,1]x[0,3], [0,2]x[0,2], [0,3]x[0,1]: union area 3 + 2 + 1 = 6.
+    assert hypervolume([(1, 3), (2, 2), (3, 1)], (0, 0)) == pytest.approx(6.0)
+
+
+def test_hypervolume_ignores_dominated_points_and_points_beyond_the_reference():
+    base = hypervolume([(1, 3), (2, 2), (3, 1)], (0, 0))
+    assert hypervolume([(1, 3), (2, 2), (3, 1), (1, 1), (5, -1)], (0, 0)) == pytest.approx(base)
+    assert hypervolume([(-1, 5)], (0, 0)) == 0.0
+    assert hypervolume([], (0, 0)) == 0.0
+
+
+def test_hypervolume_with_a_shifted_reference_and_three_objectives():
+    # One point: a box. (2,3) against (-1,-1): 3 * 4 = 12. In 3-D: (1,1,1) vs (0,0,0) = 1, two boxes overlap.
+    assert hypervolume([(2, 3)], (-1, -1)) == pytest.approx(12.0)
+    # (2,1,1) and (1,2,1): 2 + 2 - 1 (overlap [0,1]^2 x [0,1]) = 3
+    assert hypervolume([(2, 1, 1), (1, 2, 1)], (0, 0, 0)) == pytest.approx(3.0)
+
+
+def test_pareto_front_is_the_non_dominated_set():
+    points = [(1, 3), (2, 2), (1.5, 1.5), (3, 1), (0, 0), (3, 1)]
+    assert pareto_front(points) == [0, 1, 3, 5]
+
+
+def test_controllability_perfect_and_reversed():
+    w = [(0, 1), (0.5, 0.5), (1, 0)]
+    good = controllability(w, [(0, 2), (1, 1), (2, 0)])
+    assert good["spearman"] == pytest.approx(1.0) and good["monotone"] == 1.0
+    bad = controllability(w, [(2, 0), (1, 1), (0, 2)])
+    assert bad["spearman"] == pytest.approx(-1.0) and bad["monotone"] == 0.0
+
+
+def test_controllability_hand_example():
+    # objective 1 over w_1 = 0, .5, 1: scores 0, 2, 1 -> spearman 0.5, steps up/down -> 1 of 2
+    # objective 2 over w_2 = 0, .5, 1 (reverse order): scores 1, 1, 3 -> spearman 0.866..., steps 2 of 2
+    w = [(0, 1), (0.5, 0.5), (1, 0)]
+    s = [(0, 3), (2, 1), (1, 1)]
+    c = controllability(w, s)
+    assert c["spearman"] == pytest.approx((0.5 + math.sqrt(3) / 2) / 2)
+    assert c["monotone"] == pytest.approx(3 / 4)
+
+
+def test_controllability_three_objectives_uses_one_step_moves():
+    from mobench.grid import simplex_grid
+
+    grid = [p.weights for p in simplex_grid(3, 3)]
+    c = controllability(grid, grid)  # score_i = w_i: perfectly controllable
+    assert c["spearman"] == pytest.approx(1.0) and c["monotone"] == 1.0

@@ -1,0 +1,123 @@
+"""MODPO: the margin-DPO loss through trl's DPOTrainer on a micro model, and the margins on a hand-worked pair."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import pytest
+
+from mobench.api import MobenchError, Normalisation, PreferencePair
+from mobench.training.modpo import choose_k, score_differences, weighted_margins
+
+BETA = 0.1
+
+
+class CharLength:
+    """A real, cheap objective: the response length in characters, shorter is better."""
+
+    name = "brevity"
+    direction = -1
+
+    def score(self, prompts, responses):
+        return [float(len(r)) for r in responses]
+
+    def provenance(self):
+        return {"scorer": "len(response)"}
+
+
+def _real_pairs(data_dir, n):
+    """The n shortest-prompt HH-RLHF harmless-base test pairs (the first 200 rows), split at the last turn."""
+    pairs = []
+    with gzip.open(data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt") as fh:
+        for line, _ in zip(fh, range(200)):
+            row = json.loads(line)
+            cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+            prompt = row["chosen"][:cut]
+            if not row["rejected"].startswith(prompt):
+                continue
+            pairs.append(PreferencePair(prompt, row["chosen"][cut:], row["rejected"][cut:]))
+    pairs.sort(key=lambda p: len(p.prompt) + len(p.chosen) + len(p.rejected))
+    return pairs[:n]
+
+
+def test_margin_sign_and_size_match_a_hand_worked_pair():
+    # brevity: mean 8, std 4, lower is better. Chosen has 12 characters (z = -(12-8)/4 = -1), rejected 4
+    # (z = +1): the chosen response is worse on brevity, d = -1 - 1 = -2.
+    pair = PreferencePair("Q", "abcdefghijkl", "abcd")
+    d = score_differences(CharLength(), Normalisation(mean=8.0, std=4.0), [pair])
+    assert d == [-2.0]
+    # w = (brevity 0.3, helpful 0.7): k is helpful (largest weight with pairs), margin = 0.3 * -2 = -0.6.
+    weights = (0.3, 0.7)
+    k = choose_k(weights, ["brevity", "helpful"], {"brevity": [pair], "helpful": [pair]})
+    assert k == 1
+    assert weighted_margins({0: d}, weights, k) == pytest.approx([-0.6])
+    # A negative margin raises the logit (1/w_k)(beta*delta - m): the pair needs a smaller log-ratio gap.
+
+
+def test_choose_k_takes_a_weighted_objective_with_pairs():
+    pairs = {"a": [1], "b": [1]}
+    assert choose_k((1.0, 0.0), ["a", "b"], pairs) == 0
+    assert choose_k((0.0, 1.0), ["a", "b"], pairs) == 1
+    assert choose_k((0.5, 0.5), ["a", "b"], pairs) == 0
+    assert choose_k((0.9, 0.1), ["a", "b"], {"b": [1]}) == 1
+    with pytest.raises(MobenchError):
+        choose_k((1.0, 0.0), ["a", "b"], {"b": [1]})
+
+
+def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None):
+    """A trl DPOTrainer (margins None) or a MODPO trainer on a fresh micro model with a non-zero LoRA adapter."""
+    from peft import LoraConfig
+    from trl import DPOTrainer
+
+    from mobench.models import micro_causal_lm
+    from mobench.training.common import pairs_dataset
+    from mobench.training.modpo import dpo_config, modpo_trainer
+
+    budget = {"steps": 1, "batch_size": len(pairs), "learning_rate": 1e-3, "beta": beta, "max_length": 96}
+    config = dpo_config(budget, str(tmp_path), seed=0, device="cpu")
+    # init_lora_weights=False: B is random, so the policy differs from the reference from the start.
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    model = micro_causal_lm(smol_tokenizer, seed=0)
+    if margins is None:
+        return DPOTrainer(model=model, args=config, train_dataset=pairs_dataset(pairs), processing_class=smol_tokenizer, peft_config=peft)
+    return modpo_trainer(model, smol_tokenizer, pairs, margins, w_k, config, peft_config=peft)
+
+
+def _losses(trainer):
+    """trl's loss on each pair alone (batches of one, dataset order)."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            float(trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[i]])))
+            for i in range(len(trainer.train_dataset))
+        ]
+
+
+def test_modpo_loss_is_trl_dpo_loss_with_beta_over_w_k_and_the_margin(smol_tokenizer, data_dir, tmp_path):
+    pairs = _real_pairs(data_dir, 4)
+    dpo = _losses(_trainer(smol_tokenizer, pairs, BETA, tmp_path=tmp_path))
+    assert len(set(round(x, 6) for x in dpo)) > 1 and all(abs(x - math.log(2)) > 1e-4 for x in dpo)
+
+    # w_{-k} = 0: w_k = 1, no margin: exactly trl's DPO loss.
+    modpo = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=1.0, tmp_path=tmp_path))
+    assert modpo == pytest.approx(dpo, abs=1e-6)
+
+    # w_k = 0.5 with zero margins: trl's DPO loss with beta / w_k.
+    modpo_half = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=0.5, tmp_path=tmp_path))
+    dpo_double = _losses(_trainer(smol_tokenizer, pairs, 2 * BETA, tmp_path=tmp_path))
+    assert modpo_half == pytest.approx(dpo_double, abs=1e-6)
+    assert modpo_half != pytest.approx(dpo, abs=1e-4)
+
+    # Margins: -log sigmoid((1/w_k)(beta*delta - m)), beta*delta recovered from trl's DPO loss on each pair.
+    w_k, margins = 0.7, [-0.6, 0.6, 1.5, 0.0]
+    modpo_m = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=margins, w_k=w_k, tmp_path=tmp_path))
+    for loss_dpo, m, got in zip(dpo, margins, modpo_m):
+        p = math.exp(-loss_dpo)
+        beta_delta = math.log(p / (1 - p))
+        expected = -math.log(1 / (1 + math.exp(-(beta_delta - m) / w_k)))
+        assert got == pytest.approx(expected, abs=1e-5)
+    # The sign: a negative margin (chosen worse on the other objective) lowers the loss, a positive raises it.
+    assert modpo_m[0] < modpo_m[3] < modpo_m[1] < modpo_m[2]

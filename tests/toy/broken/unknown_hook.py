@@ -1,0 +1,6 @@
+from mobench import hookimpl
+
+
+@hookimpl
+def register_widgets(register):
+    pass
