@@ -17,23 +17,18 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mobench.api import MobenchError, Normalisation, Objective, PreferencePair
+from mobench.api import MobenchError, Normalisation, Objective, PreferencePair, RunContext, TaskInstance
 
-MODPO_DEFAULTS: dict[str, Any] = {
-    "steps": 16,
-    "batch_size": 8,
-    "learning_rate": 5e-4,
-    "beta": 0.1,
-    "n_pairs": 128,
-    "max_length": 192,
-    "lora_r": 16,
-}
+MODPO_KIND = "modpo-policies"
+MARGIN_SOURCES = ("scores", "implicit")
+TRAIN_INFO = "mobench-train.json"
 
 
-def modpo_budget(budgets: dict[str, Any]) -> dict[str, Any]:
-    """The MODPO budget: the task's "modpo" budget, else its "dpo" budget, over MODPO_DEFAULTS."""
-    declared = budgets.get("modpo") or budgets.get("dpo") or {}
-    return {**MODPO_DEFAULTS, **declared}
+def modpo_budget(task: TaskInstance) -> dict[str, Any]:
+    """The MODPO budget: the task's DPO budget (MODPO trains like DPO), overridden by a "modpo" budget if declared."""
+    from mobench.training.dpo import dpo_budget
+
+    return {**dpo_budget(task), **{k: v for k, v in (task.budgets.get("modpo") or {}).items() if v is not None}}
 
 
 def choose_k(weights: Sequence[float], names: Sequence[str], pairs: dict[str, list]) -> int:
@@ -134,6 +129,206 @@ def dpo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
         save_strategy="no",
         report_to="none",
         logging_steps=max(1, int(budget["steps"]) // 4),
+        disable_tqdm=True,
         dataloader_num_workers=0,
-        dataset_num_proc=None,
     )
+
+
+def completion_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_length: int, batch_size: int = 4):
+    """Summed log-probs of each pair's chosen and rejected completion given its prompt (EOS appended, as trl does).
+
+    trl computes these only inside its trainers; MODPO's implicit margins need them under other adapters.
+    """
+    import torch
+
+    def encode(prompt: str, completion: str):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        ids = (p + c)[:max_length]
+        return ids, [0] * len(p) + [1] * (len(ids) - len(p))
+
+    rows = [encode(p.prompt, p.chosen) for p in pairs] + [encode(p.prompt, p.rejected) for p in pairs]
+    out = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=model.device)
+            attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=model.device)
+            mask = torch.tensor([m + [0] * (width - len(m)) for _, m in chunk], device=model.device)
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            out.append((token_logps * mask[:, 1:]).sum(-1).cpu())
+    logps = torch.cat(out)
+    return logps[: len(pairs)], logps[len(pairs) :]
+
+
+def implicit_differences(
+    task: TaskInstance, context: RunContext | None, objectives: Sequence[str], pairs: Sequence[PreferencePair]
+) -> dict[str, list[float]]:
+    """Per objective j, beta_j [(log pi_j/pi_ref)(y_w) - (log pi_j/pi_ref)(y_l)] of j's DPO expert on ``pairs``."""
+    from mobench.training.common import load_policy_with_adapters, resolve_device
+    from mobench.training.dpo import dpo_budget, load_experts
+
+    budget = dpo_budget(task)
+    experts = load_experts(task, context, list(objectives))
+    model, tok = load_policy_with_adapters(task.policy, {n: str(p) for n, p in experts.items()}, resolve_device(context))
+    length = int(budget["max_length"])
+    with model.disable_adapter():
+        ref_w, ref_l = completion_logps(model, tok, pairs, length)
+    out = {}
+    for name in objectives:
+        model.set_adapter(name)
+        exp_w, exp_l = completion_logps(model, tok, pairs, length)
+        diff = float(budget["beta"]) * ((exp_w - ref_w) - (exp_l - ref_l))
+        out[name] = [float(x) for x in diff]
+    return out
+
+
+class MarginSource:
+    """Per-objective margin differences on the pairs of objective k, computed once per (k, j) and remembered."""
+
+    def __init__(self, task: TaskInstance, context: RunContext | None, source: str):
+        if source not in MARGIN_SOURCES:
+            raise MobenchError(f"modpo margin must be one of {', '.join(MARGIN_SOURCES)}, not {source!r}")
+        self.task, self.context, self.source = task, context, source
+        self._cache: dict[tuple[str, str], list[float]] = {}
+
+    def differences(self, k: str, others: Sequence[str], pairs: Sequence[PreferencePair]) -> dict[str, list[float]]:
+        """d_j per pair for each j in ``others``, as z-scores ("scores") or expert implicit rewards ("implicit")."""
+        missing = [j for j in others if (k, j) not in self._cache]
+        if missing and self.source == "scores":
+            by_name = {o.name: o for o in self.task.objectives}
+            for j in missing:
+                self._cache[(k, j)] = score_differences(by_name[j], self.task.normalisation[j], pairs)
+        elif missing:
+            for j, d in implicit_differences(self.task, self.context, missing, pairs).items():
+                self._cache[(k, j)] = d
+        return {j: self._cache[(k, j)] for j in others}
+
+    def key(self, others: Sequence[str]) -> dict[str, Any]:
+        """What determines the margins, for the policy's artifact key."""
+        if self.source == "scores":
+            objs = {o.name: o for o in self.task.objectives}
+            return {
+                "source": "scores",
+                "objectives": {
+                    j: {
+                        "direction": objs[j].direction,
+                        "normalisation": [self.task.normalisation[j].mean, self.task.normalisation[j].std],
+                        "provenance": objs[j].provenance(),
+                    }
+                    for j in others
+                },
+            }
+        from mobench.training.dpo import expert_key
+
+        return {"source": "implicit", "experts": {j: expert_key(self.task, j, self.context) for j in others}}
+
+
+def modpo_plan(task: TaskInstance, weights: Sequence[float]) -> tuple[int, list[int]]:
+    """(k, the objectives j != k with positive weight that give margins) for a preference."""
+    names = task.objective_names
+    k = choose_k(weights, names, task.pairs)
+    return k, [j for j in range(len(names)) if j != k and weights[j] > 0]
+
+
+def _pairs(task: TaskInstance, objective: str, budget: dict[str, Any]) -> list[PreferencePair]:
+    return list(task.pairs[objective])[: int(budget["n_pairs"])]
+
+
+def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None) -> dict[str, Any]:
+    """Everything that determines the MODPO policy at ``weights``."""
+    from mobench.artifacts import library_versions
+    from mobench.models import default_dtype
+    from mobench.training.common import TRAINING_LIBRARIES, data_hash, lora_key, resolve_device
+    from mobench.training.dpo import policy_fingerprint
+
+    budget = modpo_budget(task)
+    k, others = modpo_plan(task, weights)
+    names = task.objective_names
+    pairs = _pairs(task, names[k], budget)
+    return {
+        "trainer": "trl-dpo-lora-modpo",
+        "base": policy_fingerprint(task.policy),
+        "task": task.name,
+        "scale": task.scale,
+        "weights": [round(float(w), 6) for w in weights],
+        "k": names[k],
+        "pairs": {"sha256": data_hash(pairs), "n_pairs": len(pairs)},
+        "margin": margins.key([names[j] for j in others]),
+        "hyper": {
+            "steps": int(budget["steps"]),
+            "batch_size": int(budget["batch_size"]),
+            "learning_rate": float(budget["learning_rate"]),
+            "beta": float(budget["beta"]),
+            "max_length": int(budget["max_length"]),
+            "lora": lora_key(budget),
+        },
+        "seed": int(context.seed if context is not None else 0),
+        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
+        "versions": library_versions(*TRAINING_LIBRARIES),
+    }
+
+
+def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None, out) -> None:
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from mobench.models import load_causal_lm
+    from mobench.training.common import lora_config, progress_callback, resolve_device
+    from mobench.training.dpo import _truncate_prompts
+
+    budget = modpo_budget(task)
+    names = task.objective_names
+    k, others = modpo_plan(task, weights)
+    device = resolve_device(context)
+    seed = int(context.seed if context is not None else 0)
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(task.policy, device=device)
+    # The same prompt truncation as the DPO experts, so implicit margins see the pairs the experts saw.
+    pairs = _truncate_prompts(_pairs(task, names[k], budget), tok, int(budget["max_length"]) // 2)
+    diffs = margins.differences(names[k], [names[j] for j in others], pairs)
+    margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k)
+    label = f"MODPO {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
+    with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch:
+        trainer = modpo_trainer(
+            model,
+            tok,
+            pairs,
+            margin,
+            float(weights[k]),
+            dpo_config(budget, scratch, seed, device),
+            peft_config=lora_config(budget),
+            callbacks=[progress_callback(context, label)],
+        )
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+    trainer.model.save_pretrained(str(out))
+    record = {
+        "weights": list(weights),
+        "k": names[k],
+        "w_k": float(weights[k]),
+        "margin_objectives": [names[j] for j in others],
+        "margin_mean": sum(margin) / len(margin) if margin else 0.0,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "log": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    (Path(out) / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+
+
+def train_modpo_policy(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None = None):
+    """The folder of the MODPO LoRA policy for ``weights``, trained only if not cached yet."""
+    from mobench.artifacts import get_or_build
+
+    key = policy_key(task, weights, margins, context)
+    return get_or_build(MODPO_KIND, key, lambda out: _train(task, weights, margins, context, out))

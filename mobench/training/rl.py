@@ -1,0 +1,224 @@
+"""MORLHF's trainer: on-policy RL with LoRA on the scalarised reward sum_i w_i z_i, through trl's RLOOTrainer.
+
+Why RLOO stands in for the papers' PPO. The MORLHF baselines (Rewarded Soups, MODPO, RiC) ran trl's
+PPOTrainer: samples from the policy, a reward r(x, y) - beta KL(pi || pi_ref) per sequence, and a
+policy-gradient update. trl 1.x has no PPOTrainer; of the two on-policy trainers it keeps, RLOOTrainer is
+the one that optimises that same KL-regularised sequence reward: it subtracts beta times the summed
+log-ratio log pi/pi_ref from each sequence's reward, exactly as PPO-RLHF does (GRPO instead puts a
+per-token KL term in the loss and normalises rewards per group). RLOO replaces PPO's learned value
+baseline by the leave-one-out mean reward of the other samples of the same prompt (Ahmadian et al. 2024,
+"Back to Basics"), which needs no value model, is reported to match or beat PPO on RLHF, and keeps
+tiny-scale runs cheap. It takes several reward functions with ``reward_weights`` and a peft LoRA config;
+with LoRA the reference policy is the base model with the adapter disabled.
+
+Each objective's reward is its score normalised by the task's statistics (z = direction (s - mean) / std),
+so that w_i weighs comparable quantities. Objectives with zero weight are not scored at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from mobench.api import MobenchError, Normalisation, Objective, RunContext, TaskInstance
+
+RL_KIND = "morlhf-policies"
+TRAIN_INFO = "mobench-train.json"
+RL_DEFAULTS: dict[str, Any] = {
+    "steps": 12,  # optimiser steps
+    "batch_size": 4,  # prompts per step; each gets num_generations samples
+    "num_generations": 2,
+    "max_new_tokens": 32,
+    "learning_rate": 2e-4,
+    "beta_kl": 0.05,
+    "temperature": 1.0,
+    "lora_r": 16,
+    "n_prompts": 64,
+}
+
+
+def rl_budget(task: TaskInstance) -> dict[str, Any]:
+    """The task's "rl" budget with defaults filled in for absent keys."""
+    given = task.budgets.get("rl") or {}
+    return {**RL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+
+
+def objective_reward(objective: Objective, norm: Normalisation) -> Callable[..., list[float]]:
+    """A trl reward function: the objective's score of each completion, normalised to a z-score."""
+
+    def reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+        scores = objective.score(list(prompts), list(completions))
+        return [norm.apply(float(s), objective.direction) for s in scores]
+
+    reward.__name__ = f"z_{objective.name}"  # trl logs each reward function under its name
+    return reward
+
+
+def weighted_rewards(
+    objectives: Sequence[Objective], normalisation: dict[str, Normalisation], weights: Sequence[float]
+) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The reward functions and weights trl gets: one z-scored reward per objective with positive weight."""
+    if len(weights) != len(objectives):
+        raise MobenchError(f"{len(weights)} weights for {len(objectives)} objectives")
+    funcs, ws = [], []
+    for objective, w in zip(objectives, weights):
+        if w <= 0:
+            continue  # a zero weight contributes nothing: skip the scorer
+        if objective.name not in normalisation:
+            raise MobenchError(f"the task has no normalisation statistics for objective {objective.name!r}")
+        funcs.append(objective_reward(objective, normalisation[objective.name]))
+        ws.append(float(w))
+    if not funcs:
+        raise MobenchError(f"preference {list(weights)} gives every objective zero weight")
+    return funcs, ws
+
+
+def scalarised_reward(
+    objectives: Sequence[Objective], normalisation: dict[str, Normalisation], weights: Sequence[float]
+) -> Callable[[Sequence[str], Sequence[str]], list[float]]:
+    """sum_i w_i z_i(x, y) as a plain function, built from the very reward functions and weights trl receives."""
+    funcs, ws = weighted_rewards(objectives, normalisation, weights)
+
+    def reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        columns = [f(prompts, completions) for f in funcs]
+        return [sum(w * col[j] for w, col in zip(ws, columns)) for j in range(len(completions))]
+
+    return reward
+
+
+def training_prompts(task: TaskInstance, n: int, seed: int) -> list[str]:
+    """RL prompts: the distinct prompts of the task's preference pairs (never its evaluation prompts), seeded sample."""
+    import random
+
+    seen: dict[str, None] = {}
+    for name in task.objective_names:
+        for pair in task.pairs.get(name, []):
+            seen.setdefault(pair.prompt)
+    evaluation = set(task.prompts)
+    prompts = [p for p in seen if p not in evaluation]
+    if not prompts:
+        raise MobenchError(f"task {task.name!r} has no preference-pair prompts to run RL on")
+    random.Random(seed).shuffle(prompts)
+    return prompts[: int(n)]
+
+
+def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
+    """trl's RLOOConfig from a budget: batch_size prompts x num_generations samples per optimiser step."""
+    from trl import RLOOConfig
+
+    on_cuda = str(device).startswith("cuda")
+    generations = int(budget["num_generations"])
+    return RLOOConfig(
+        output_dir=output_dir,
+        max_steps=int(budget["steps"]),
+        per_device_train_batch_size=int(budget["batch_size"]) * generations,
+        num_generations=generations,
+        max_completion_length=int(budget["max_new_tokens"]),
+        temperature=float(budget["temperature"]),
+        learning_rate=float(budget["learning_rate"]),
+        beta=float(budget["beta_kl"]),
+        seed=int(seed),
+        data_seed=int(seed),
+        bf16=on_cuda,
+        use_cpu=not on_cuda,
+        # Small models: recomputing activations costs time and saves memory we do not need.
+        gradient_checkpointing=bool(budget.get("gradient_checkpointing", False)),
+        disable_dropout=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, int(budget["steps"]) // 4),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def policy_key(task: TaskInstance, weights: Sequence[float], context: RunContext | None) -> dict[str, Any]:
+    """Everything that determines the MORLHF policy at ``weights``."""
+    import hashlib
+
+    from mobench.artifacts import library_versions
+    from mobench.models import default_dtype
+    from mobench.training.common import TRAINING_LIBRARIES, lora_key, resolve_device
+    from mobench.training.dpo import policy_fingerprint
+
+    budget = rl_budget(task)
+    seed = int(context.seed if context is not None else 0)
+    prompts = training_prompts(task, budget["n_prompts"], seed)
+    return {
+        "trainer": "trl-rloo-lora",
+        "base": policy_fingerprint(task.policy),
+        "task": task.name,
+        "scale": task.scale,
+        "weights": [round(float(w), 6) for w in weights],
+        "rewards": {
+            o.name: {
+                "direction": o.direction,
+                "normalisation": [task.normalisation[o.name].mean, task.normalisation[o.name].std],
+                "provenance": o.provenance(),
+            }
+            for o, w in zip(task.objectives, weights)
+            if w > 0
+        },
+        "prompts": {"sha256": hashlib.sha256("\x1e".join(prompts).encode()).hexdigest(), "n": len(prompts)},
+        "hyper": {k: budget[k] for k in sorted(RL_DEFAULTS) if not k.startswith("lora")} | {"lora": lora_key(budget)},
+        "seed": seed,
+        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
+        "versions": library_versions(*TRAINING_LIBRARIES),
+    }
+
+
+def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | None, out) -> None:
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import torch
+    from datasets import Dataset
+    from trl import RLOOTrainer
+
+    from mobench.models import load_causal_lm
+    from mobench.training.common import lora_config, progress_callback, resolve_device
+
+    budget = rl_budget(task)
+    device = resolve_device(context)
+    seed = int(context.seed if context is not None else 0)
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(task.policy, device=device)
+    funcs, ws = weighted_rewards(task.objectives, task.normalisation, weights)
+    prompts = training_prompts(task, budget["n_prompts"], seed)
+    label = f"MORLHF {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
+    with tempfile.TemporaryDirectory(prefix="mobench-rl-") as scratch:
+        config = rloo_config(budget, scratch, seed, device)
+        config.reward_weights = ws
+        trainer = RLOOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=config,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=tok,
+            peft_config=lora_config(budget),
+            callbacks=[progress_callback(context, label)],
+        )
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+    trainer.model.save_pretrained(str(out))
+    record = {
+        "weights": list(weights),
+        "rewards": [f.__name__ for f in funcs],
+        "reward_weights": ws,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "log": [h for h in trainer.state.log_history if "reward" in h or "loss" in h],
+    }
+    (Path(out) / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+
+
+def train_rl_policy(task: TaskInstance, weights: Sequence[float], context: RunContext | None = None):
+    """The folder of the MORLHF LoRA policy for ``weights``, trained only if not cached yet."""
+    from mobench.artifacts import get_or_build
+
+    key = policy_key(task, weights, context)
+    return get_or_build(RL_KIND, key, lambda out: _train(task, weights, context, out))
