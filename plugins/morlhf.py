@@ -1,0 +1,78 @@
+"""MORLHF: one RL-trained LoRA policy per grid point on the scalarised reward sum_i w_i z_i.
+
+Training is trl's RLOOTrainer with a KL penalty to the reference policy in the reward, the stand-in for the
+papers' PPO (why: see mobench.training.rl). Each objective is z-normalised by the task's statistics first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mobench import hookimpl
+from mobench.api import MobenchError, Preference, RunContext, TaskInstance
+
+
+class Morlhf:
+    """Train (or reuse) one RLOO policy per preference, then generate with it."""
+
+    name = "morlhf"
+    batch_preferences = False
+
+    def __init__(self, **unknown: Any):
+        if unknown:
+            raise MobenchError(f"morlhf takes no options (got {', '.join(sorted(unknown))}); budgets come from the task")
+        self.task: TaskInstance | None = None
+        self.context = RunContext()
+        self.policies: dict[str, str] = {}
+
+    def prepare(self, task: TaskInstance, context: RunContext) -> None:
+        from mobench.training.rl import training_prompts, rl_budget
+
+        self.task, self.context = task, context
+        training_prompts(task, rl_budget(task)["n_prompts"], context.seed)  # fail now, not after loading models
+
+    def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
+        from mobench.decoding.generate import generate_responses
+        from mobench.training.common import load_policy_with_adapters, resolve_device
+        from mobench.training.rl import train_rl_policy
+
+        if self.task is None:
+            raise MobenchError("morlhf.generate called before prepare")
+        out = []
+        for preference in preferences:
+            path = train_rl_policy(self.task, preference.weights, self.context)
+            self.policies[preference.key] = str(path)
+            model, tok = load_policy_with_adapters(self.task.policy, {"morlhf": path}, resolve_device(self.context))
+            model = model.merge_and_unload()  # one policy per point: merged weights decode faster
+            gen = self.task.generation
+            out.append(
+                generate_responses(
+                    model,
+                    tok,
+                    prompts,
+                    max_new_tokens=gen.get("max_new_tokens", 64),
+                    do_sample=gen.get("do_sample", False),
+                    temperature=gen.get("temperature", 1.0),
+                    batch_size=gen.get("batch_size", 8),
+                    seed=self.context.seed,
+                    progress=self.context.progress,
+                    description=f"MORLHF generating w=({preference.key})",
+                )
+            )
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        from mobench.training.rl import rl_budget
+
+        return {
+            "method": "morlhf",
+            "trainer": "trl.RLOOTrainer (KL-penalised reward, leave-one-out baseline), LoRA",
+            "reward": "sum_i w_i z_i, z_i = direction_i (score_i - mean_i) / std_i",
+            "budget": rl_budget(self.task) if self.task is not None else None,
+            "policies": dict(self.policies),
+        }
+
+
+@hookimpl
+def register_methods(register):
+    register.method("morlhf", Morlhf, "MORLHF: one RLOO LoRA policy per preference on sum_i w_i z_i (trl RLOOTrainer)")

@@ -1,0 +1,140 @@
+"""MORLHF: the scalarised reward trl gets, and one cached RLOO policy per grid point on a micro model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import pytest
+
+from mobench.api import MobenchError, Normalisation, Preference, PreferencePair, RunContext, TaskInstance
+from mobench.training.rl import scalarised_reward, weighted_rewards
+
+
+class Brevity:
+    """A real, cheap objective: response length in characters, shorter is better."""
+
+    name = "brevity"
+    direction = -1
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, responses):
+        self.calls += 1
+        return [float(len(r)) for r in responses]
+
+    def provenance(self):
+        return {"scorer": "len(response)"}
+
+
+class Positivity:
+    """A real, cheap objective: VADER's compound sentiment of the response."""
+
+    name = "positivity"
+    direction = 1
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.calls = 0
+
+    def score(self, prompts, responses):
+        self.calls += 1
+        return [self.analyzer.polarity_scores(r)["compound"] for r in responses]
+
+    def provenance(self):
+        return {"scorer": "vaderSentiment compound"}
+
+
+NORM = {"brevity": Normalisation(mean=20.0, std=10.0), "positivity": Normalisation(mean=0.1, std=0.5)}
+PROMPTS = ["\n\nHuman: How are you?\n\nAssistant:"] * 4
+COMPLETIONS = [" I love it, thanks!", " No.", " That is a terrible, awful idea and I hate it.", " Fine."]
+
+
+def test_scalarised_reward_is_the_weighted_sum_of_z_scores():
+    weights = (0.3, 0.7)
+    got = scalarised_reward([Brevity(), Positivity()], NORM, weights)(PROMPTS, COMPLETIONS)
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    expected = []
+    for c in COMPLETIONS:
+        z_brevity = -(len(c) - 20.0) / 10.0
+        z_positivity = (vader.polarity_scores(c)["compound"] - 0.1) / 0.5
+        expected.append(0.3 * z_brevity + 0.7 * z_positivity)
+    assert got == pytest.approx(expected, abs=1e-9)
+    # Shorter and more positive ranks first; the hateful sentence last.
+    assert got.index(max(got)) == 0 and got.index(min(got)) == 2
+
+
+def test_zero_weight_objectives_are_not_scored():
+    brevity, positivity = Brevity(), Positivity()
+    funcs, ws = weighted_rewards([brevity, positivity], NORM, (1.0, 0.0))
+    assert [f.__name__ for f in funcs] == ["z_brevity"] and ws == [1.0]
+    rewards = scalarised_reward([brevity, positivity], NORM, (1.0, 0.0))(PROMPTS, COMPLETIONS)
+    assert rewards == pytest.approx([-(len(c) - 20.0) / 10.0 for c in COMPLETIONS])
+    assert positivity.calls == 0 and brevity.calls == 1
+    with pytest.raises(MobenchError):
+        weighted_rewards([brevity, positivity], {"brevity": NORM["brevity"]}, (0.5, 0.5))
+
+
+def _real_pairs(data_dir, n, max_chars=200):
+    pairs = []
+    with gzip.open(data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt") as fh:
+        for line in fh:
+            row = json.loads(line)
+            cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+            prompt = row["chosen"][:cut]
+            if len(prompt) > max_chars or not row["rejected"].startswith(prompt):
+                continue
+            pairs.append(PreferencePair(prompt, row["chosen"][cut:][:max_chars], row["rejected"][cut:][:max_chars]))
+            if len(pairs) == n:
+                return pairs
+    return pairs
+
+
+def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    from mobench.methods.morlhf import Morlhf
+    from mobench.models import micro_causal_lm
+    from mobench.training.rl import TRAIN_INFO
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    pairs = _real_pairs(data_dir, 12)
+    task = TaskInstance(
+        name="micro",
+        scale="tiny",
+        policy=str(policy),
+        objectives=[Brevity(), Positivity()],
+        prompts=[p.prompt for p in pairs[:3]],  # evaluation prompts: never trained on
+        normalisation=NORM,
+        reference_point=(-3.0, -3.0),
+        pairs={"brevity": pairs[3:], "positivity": pairs[3:]},
+        generation={"max_new_tokens": 6, "do_sample": False, "batch_size": 3},
+        budgets={"rl": {"steps": 2, "batch_size": 2, "num_generations": 2, "max_new_tokens": 6, "learning_rate": 1e-3, "lora_r": 4, "n_prompts": 6}},
+    )
+    method = Morlhf()
+    method.prepare(task, RunContext(seed=0, device="cpu"))
+    out = method.generate(task.prompts, [Preference((1.0, 0.0)), Preference((0.5, 0.5))])
+    assert len(out) == 2 and all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in out)
+    paths = dict(method.policies)
+    assert len(set(paths.values())) == 2
+    record = json.loads((tmp_path / "cache" / "morlhf-policies" / paths["1.000000,0.000000"].split("/")[-1] / TRAIN_INFO).read_text())
+    assert record["steps"] == 2 and record["rewards"] == ["z_brevity"]
+    both = json.loads((tmp_path / "cache" / "morlhf-policies" / paths["0.500000,0.500000"].split("/")[-1] / TRAIN_INFO).read_text())
+    assert both["rewards"] == ["z_brevity", "z_positivity"] and both["reward_weights"] == [0.5, 0.5]
+    # The RLOO log carries trl's weighted reward of each step: a real number, not a placeholder.
+    assert any("reward" in h for h in both["log"])
+
+    # A second run finds both policies in the cache and trains nothing.
+    again = Morlhf()
+    again.prepare(task, RunContext(seed=0, device="cpu"))
+    start = time.perf_counter()
+    again.generate(task.prompts, [Preference((1.0, 0.0))])
+    assert again.policies["1.000000,0.000000"] == paths["1.000000,0.000000"]
+    assert time.perf_counter() - start < 30
