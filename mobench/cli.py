@@ -17,7 +17,7 @@ EXIT_USER_ERROR = 2
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class RichProgress:
@@ -120,7 +120,10 @@ def leaderboard_cmd(ctx, task, results, scale, fmt):
     elif fmt == "json":
         click.echo(report.to_json(entries, task), nl=False)
     else:
-        report.print_table(entries, task, Console())
+        console = Console()
+        if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+            console = Console(width=200)
+        report.print_table(entries, task, console)
 
 
 @cli.command(name="plot")
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         pm = get_plugin_manager(plugins_dir=_plugins_dir_from(argv))
         for error in pm.registry.errors:
             console.print(f"[yellow]warning:[/] {error}")
-        for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        for impl in pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli)
             except Exception as exc:  # a broken plugin must not take the CLI down

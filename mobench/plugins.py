@@ -202,7 +202,7 @@ def _fill(pm: pluggy.PluginManager, registry: Registry) -> None:
     # Each implementation is called on its own so that one broken plugin cannot hide the others.
     for hook_name in ("register_objectives", "register_tasks", "register_methods"):
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             register = Register(registry, impl.plugin_name)
             try:
                 impl.function(register)

@@ -66,3 +66,9 @@ def register_tasks(register):
 @hookimpl
 def register_methods(register):
     register.method("letters", Letters, "test-only method")
+
+
+@hookimpl
+def register_objectives(register):
+    register.objective("count-a", lambda scale: Count("a"), direction=1, description="letters 'a'")
+    register.objective("count-b", lambda scale: Count("b"), direction=1, description="letters 'b'")
