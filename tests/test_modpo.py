@@ -52,7 +52,8 @@ def test_margin_sign_and_size_match_a_hand_worked_pair():
     weights = (0.3, 0.7)
     k = choose_k(weights, ["brevity", "helpful"], {"brevity": [pair], "helpful": [pair]})
     assert k == 1
-    assert weighted_margins({0: d}, weights, k) == pytest.approx([-0.6])
+    assert weighted_margins({0: d}, weights, k, 1) == pytest.approx([-0.6])
+    assert weighted_margins({}, (0.0, 1.0), 1, 2) == [0.0, 0.0]
     # A negative margin raises the logit (1/w_k)(beta*delta - m): the pair needs a smaller log-ratio gap.
 
 
@@ -121,3 +122,64 @@ def test_modpo_loss_is_trl_dpo_loss_with_beta_over_w_k_and_the_margin(smol_token
         assert got == pytest.approx(expected, abs=1e-5)
     # The sign: a negative margin (chosen worse on the other objective) lowers the loss, a positive raises it.
     assert modpo_m[0] < modpo_m[3] < modpo_m[1] < modpo_m[2]
+
+
+def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    from mobench.api import Preference, RunContext, TaskInstance
+    from mobench.methods.modpo import Modpo
+    from mobench.models import micro_causal_lm
+    from mobench.training.modpo import TRAIN_INFO
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    pairs = _real_pairs(data_dir, 10)
+
+    class Words(CharLength):
+        name, direction = "words", 1
+
+        def score(self, prompts, responses):
+            return [float(len(r.split())) for r in responses]
+
+    task = TaskInstance(
+        name="micro",
+        scale="tiny",
+        policy=str(policy),
+        objectives=[CharLength(), Words()],
+        prompts=[p.prompt for p in pairs[:2]],
+        normalisation={"brevity": Normalisation(200.0, 100.0), "words": Normalisation(40.0, 20.0)},
+        reference_point=(-3.0, -3.0),
+        pairs={"brevity": pairs[2:6], "words": pairs[6:]},
+        generation={"max_new_tokens": 5, "do_sample": False, "batch_size": 2},
+        budgets={"dpo": {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 96, "lora_r": 4, "n_pairs": 4}},
+    )
+
+    def record(method, key):
+        folder = method.policies[key].split("/")[-1]
+        return json.loads((tmp_path / "cache" / "modpo-policies" / folder / TRAIN_INFO).read_text())
+
+    method = Modpo()
+    method.prepare(task, RunContext(seed=0, device="cpu"))
+    out = method.generate(task.prompts, [Preference((0.0, 1.0)), Preference((0.25, 0.75))])
+    assert len(out) == 2 and all(len(r) == 2 for r in out)
+    corner, inner = record(method, "0.000000,1.000000"), record(method, "0.250000,0.750000")
+    # At the corner e_words: plain DPO on the words pairs, no margin; inside: words pairs, brevity margin.
+    assert corner["k"] == "words" and corner["w_k"] == 1.0 and corner["margin_objectives"] == []
+    assert inner["k"] == "words" and inner["w_k"] == 0.75 and inner["margin_objectives"] == ["brevity"]
+    by_hand = [0.25 * d for d in score_differences(CharLength(), task.normalisation["brevity"], task.pairs["words"])]
+    assert inner["margin_mean"] == pytest.approx(sum(by_hand) / len(by_hand))
+    assert corner["steps"] == inner["steps"] == 2
+
+    # Implicit margins come from the DPO experts; a second plain run reuses its cached policy.
+    implicit = Modpo(margin="implicit")
+    implicit.prepare(task, RunContext(seed=0, device="cpu"))
+    implicit.generate(task.prompts, [Preference((0.25, 0.75))])
+    assert implicit.policies["0.250000,0.750000"] != method.policies["0.250000,0.750000"]
+    assert any((tmp_path / "cache" / "dpo-experts").iterdir())
+    again = Modpo()
+    again.prepare(task, RunContext(seed=0, device="cpu"))
+    again.generate(task.prompts, [Preference((0.0, 1.0))])
+    assert again.policies["0.000000,1.000000"] == method.policies["0.000000,1.000000"]
+    with pytest.raises(MobenchError):
+        Modpo(margin="oracle").prepare(task, RunContext())

@@ -49,13 +49,14 @@ def score_differences(
     return [norm.apply(c, objective.direction) - norm.apply(r, objective.direction) for c, r in zip(chosen, rejected)]
 
 
-def weighted_margins(differences: dict[int, Sequence[float]], weights: Sequence[float], k: int) -> list[float]:
-    """m = sum_{j != k} w_j d_j per pair, from per-objective differences d_j (indices j != k)."""
-    n = len(next(iter(differences.values()))) if differences else 0
-    margins = [0.0] * n
+def weighted_margins(differences: dict[int, Sequence[float]], weights: Sequence[float], k: int, n_pairs: int) -> list[float]:
+    """m = sum_{j != k} w_j d_j per pair, from per-objective differences d_j (indices j != k); zeros when none."""
+    margins = [0.0] * n_pairs
     for j, d in differences.items():
         if j == k:
             raise MobenchError("the trained objective k cannot also give a margin")
+        if len(d) != n_pairs:
+            raise MobenchError(f"{len(d)} margin differences for {n_pairs} pairs")
         margins = [m + weights[j] * float(x) for m, x in zip(margins, d)]
     return margins
 
@@ -294,7 +295,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     # The same prompt truncation as the DPO experts, so implicit margins see the pairs the experts saw.
     pairs = _truncate_prompts(_pairs(task, names[k], budget), tok, int(budget["max_length"]) // 2)
     diffs = margins.differences(names[k], [names[j] for j in others], pairs)
-    margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k)
+    margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k, len(pairs))
     label = f"MODPO {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
     with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch:
         trainer = modpo_trainer(
