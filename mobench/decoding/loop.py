@@ -1,0 +1,194 @@
+"""One token-by-token decoding loop: several scorers (each with its own KV cache) -> a combiner -> next token.
+
+A *scorer* gives next-token log-probs per row from one model (a peft adapter on a shared base, the base
+with adapters disabled, or any other causal LM over the same vocabulary) and keeps its own cache. A
+*combiner* turns the scorers' [rows, vocab] outputs and each row's weights into next-token scores
+(-inf excludes a token). The logit ensemble is one combiner; MAGE's top-k re-scoring is another.
+Rows are (prompt, preference) pairs, so prompts and grid points batch together: a row's weights
+travel with the row. transformers' generate takes one model, hence this loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from mobench.api import MobenchError, Progress
+
+Combiner = Callable[[list, "object"], "object"]  # (logprobs per scorer [rows, V], weights [rows, K]) -> scores [rows, V]
+
+
+class ModelScorer:
+    """Next-token log-probs of ``model`` (with peft ``adapter`` active, or adapters disabled if None) and its KV cache.
+
+    Several scorers may share one PeftModel: each call activates its own adapter first, and each keeps
+    its own cache, so K experts cost one base in memory plus K small adapters.
+    """
+
+    def __init__(self, model, adapter: str | None = None, name: str | None = None):
+        self.model = model
+        self.adapter = adapter
+        self.name = name or adapter or "base"
+        self.cache = None
+        self._peft = hasattr(model, "peft_config")
+        if adapter is not None and (not self._peft or adapter not in model.peft_config):
+            raise MobenchError(f"scorer {self.name!r}: adapter {adapter!r} is not loaded on the model")
+
+    def reset(self) -> None:
+        """Drop the cache (a new batch of rows starts)."""
+        self.cache = None
+
+    def __call__(self, input_ids, attention_mask, position_ids):
+        """Feed the new tokens (the prompt first, then one token per row) and return log-probs [rows, V]."""
+        import contextlib
+
+        import torch
+
+        if self.adapter is not None:
+            if self.model.active_adapter != self.adapter:
+                self.model.set_adapter(self.adapter)
+            context = contextlib.nullcontext()
+        else:
+            context = self.model.disable_adapter() if self._peft else contextlib.nullcontext()
+        with context, torch.no_grad():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's logits: prefill would otherwise build [rows, L, V]
+            )
+        self.cache = out.past_key_values
+        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def logit_ensemble(logprobs: list, weights):
+    """MOD's combiner: sum_i w_i log pi_i per row (a zero weight drops its expert, even at -inf)."""
+    import torch
+
+    total = torch.zeros_like(logprobs[0])
+    for i, lp in enumerate(logprobs):
+        w = weights[:, i : i + 1].to(lp.dtype)
+        total = total + torch.where(w == 0, torch.zeros_like(lp), w * lp)
+    return total
+
+
+@dataclass
+class DecodeSettings:
+    """Decoding settings shared by the loop's callers (read from task.generation)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_task(cls, generation: dict, seed: int = 0) -> "DecodeSettings":
+        g = generation or {}
+        return cls(
+            max_new_tokens=int(g.get("max_new_tokens", 64)),
+            do_sample=bool(g.get("do_sample", False)),
+            temperature=float(g.get("temperature", 1.0) or 1.0),
+            batch_size=int(g.get("batch_size", 8)),
+            seed=int(seed),
+        )
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end a response: the model's generation_config EOS (what generate uses), else the tokenizer's."""
+    gen = getattr(model, "generation_config", None)
+    ids = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return [int(i) for i in ids]
+
+
+def decode_tokens(
+    scorers: Sequence[ModelScorer],
+    combiner: Combiner,
+    tokenizer,
+    prompts: Sequence[str],
+    weights: Sequence[Sequence[float]],
+    settings: DecodeSettings,
+    eos_token_ids: Sequence[int],
+    progress: Progress | None = None,
+    description: str = "decoding",
+) -> list[list[int]]:
+    """New token ids per row (EOS included when emitted); row r decodes prompts[r] under weights[r]."""
+    import torch
+
+    if len(prompts) != len(weights):
+        raise MobenchError(f"{len(prompts)} prompts but {len(weights)} weight rows")
+    if not scorers:
+        raise MobenchError("the decoding loop needs at least one scorer")
+    device = scorers[0].model.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_token_ids[0])
+    eos = torch.tensor(list(eos_token_ids), device=device, dtype=torch.long)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # every row's next token follows its own last prompt token
+    bar = progress.step(description, total=len(prompts)) if progress is not None else None
+    out: list[list[int]] = []
+    step_size = max(1, int(settings.batch_size))
+    try:
+        for start in range(0, len(prompts), step_size):
+            chunk = list(prompts[start : start + step_size])
+            w = torch.tensor([list(x) for x in weights[start : start + step_size]], dtype=torch.float32, device=device)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            mask = enc["attention_mask"]
+            # Positions count real tokens only (as generate does), so left padding does not shift them.
+            position = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            # Seeded per chunk: a chunk's samples do not depend on the chunks before it.
+            generator = torch.Generator(device=device).manual_seed(int(settings.seed) + start)
+            for s in scorers:
+                s.reset()
+            logprobs = [s(enc["input_ids"], mask, position) for s in scorers]
+            finished = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+            tokens = []
+            for t in range(int(settings.max_new_tokens)):
+                scores = combiner(logprobs, w)
+                if settings.do_sample:
+                    probs = torch.softmax(scores / float(settings.temperature), dim=-1)
+                    nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                else:
+                    nxt = scores.argmax(dim=-1)
+                nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+                tokens.append(nxt)
+                finished = finished | torch.isin(nxt, eos)
+                if bool(finished.all()) or t == int(settings.max_new_tokens) - 1:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                position = position[:, -1:] + 1
+                logprobs = [s(nxt[:, None], mask, position) for s in scorers]
+            for s in scorers:
+                s.reset()  # free the caches before the next chunk
+            ids = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in chunk]
+            for row in ids:
+                cut = next((i + 1 for i, tok in enumerate(row) if tok in set(eos.tolist())), len(row))
+                out.append(row[:cut])
+            if bar is not None:
+                bar.advance(len(chunk))
+    finally:
+        tokenizer.padding_side = old_side
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def decode(
+    scorers: Sequence[ModelScorer],
+    combiner: Combiner,
+    tokenizer,
+    prompts: Sequence[str],
+    weights: Sequence[Sequence[float]],
+    settings: DecodeSettings,
+    eos_token_ids: Sequence[int] | None = None,
+    progress: Progress | None = None,
+    description: str = "decoding",
+) -> list[str]:
+    """Decoded responses per row (special tokens dropped); see :func:`decode_tokens`."""
+    eos = list(eos_token_ids) if eos_token_ids is not None else eos_ids(scorers[0].model, tokenizer)
+    ids = decode_tokens(scorers, combiner, tokenizer, prompts, weights, settings, eos, progress, description)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
