@@ -1,0 +1,1 @@
+"""MAGE (Merge And GuidE): Bone-Soup base, merged value-model guidance, top-k guided decoding."""
