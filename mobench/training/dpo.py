@@ -180,3 +180,16 @@ def expert_record(path: Path) -> dict[str, Any]:
     """The training record saved with an expert (seconds, loss log), for provenance."""
     info = Path(path) / TRAIN_INFO
     return json.loads(info.read_text()) if info.exists() else {}
+
+
+def load_expert_policy(task: TaskInstance, context: RunContext | None = None, objectives: list[str] | None = None):
+    """Train or reuse each objective's expert and load them as named adapters on one copy of the policy.
+
+    Returns ``(peft_model, tokenizer, experts)`` with ``experts`` mapping objective name -> adapter folder
+    (adapter names are the objective names, in the task's objective order).
+    """
+    from mobench.training.common import load_policy_with_adapters
+
+    experts = load_experts(task, context, objectives)
+    model, tok = load_policy_with_adapters(task.policy, experts, resolve_device(context))
+    return model, tok, experts
