@@ -1,0 +1,53 @@
+"""Logit ensemble end to end on a micro policy with real pairs: corners are the experts, experts are reused."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobench.api import MobenchError, Preference, RunContext
+from test_experts import micro_task, save_micro_policy
+
+
+def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch, data_dir, smol_tokenizer):
+    from mobench.decoding.generate import generate_responses
+    from mobench.methods.logit_ensemble import LogitEnsemble
+    from mobench.methods.rewarded_soups import RewardedSoups
+    from mobench.training import dpo
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), lr=5e-2)
+    method = LogitEnsemble()
+    assert method.batch_preferences is True
+    method.prepare(task, RunContext(seed=0, device="cpu"))
+    grid = [Preference((1.0, 0.0)), Preference((0.5, 0.5)), Preference((0.0, 1.0))]
+    out = method.generate(task.prompts, grid)
+    assert len(out) == 3 and all(len(r) == len(task.prompts) for r in out)
+
+    # w = e_i decodes exactly expert i's greedy output (HF generate), though all points share batches
+    model, tok = method.model, method.tokenizer
+    for corner, name in ((0, "harmless"), (2, "helpful")):
+        model.set_adapter(name)
+        assert out[corner] == generate_responses(model, tok, task.prompts, max_new_tokens=8, batch_size=4)
+    assert out[0] != out[2]  # the experts differ, so the check above has teeth
+
+    # a second method on the same task reuses the experts: nothing is trained
+    def no_training(*args, **kwargs):
+        raise AssertionError("an expert was retrained")
+
+    monkeypatch.setattr(dpo, "_train", no_training)
+    soups = RewardedSoups()
+    soups.prepare(task, RunContext(seed=0, device="cpu"))
+    assert soups.experts == method.experts
+    # greedy Rewarded Soups at a corner is the same expert, so the two methods agree there
+    assert soups.generate(task.prompts, [grid[0]]) == [out[0]]
+
+
+def test_bad_options_and_preferences(tmp_path, monkeypatch):
+    from mobench.methods.logit_ensemble import LogitEnsemble
+
+    with pytest.raises(MobenchError, match="no option"):
+        LogitEnsemble(top_k=3)
+    with pytest.raises(MobenchError, match="max_rows must be >= 1"):
+        LogitEnsemble(max_rows=0)
+    with pytest.raises(MobenchError, match="before prepare"):
+        LogitEnsemble().generate(["hi"], [Preference((1.0, 0.0))])
