@@ -63,7 +63,7 @@ def save_micro_policy(tokenizer, folder: Path, seed: int = 0) -> str:
     return str(folder)
 
 
-def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr: float = 5e-3) -> TaskInstance:
+def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr: float = 5e-3, batch_size: int = 2) -> TaskInstance:
     """A two-objective task over real pairs with a micro policy and a tiny DPO budget."""
     pairs = real_pairs(data_dir, n_pairs)
     return TaskInstance(
@@ -76,7 +76,7 @@ def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr
         reference_point=(-3.0, -3.0),
         pairs=pairs,
         generation={"max_new_tokens": 8, "do_sample": False, "batch_size": 4},
-        budgets={"dpo": {"steps": steps, "batch_size": 4, "learning_rate": lr, "max_length": 96, "lora_r": 4, "n_pairs": n_pairs}},
+        budgets={"dpo": {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "max_length": 64, "lora_r": 4, "n_pairs": n_pairs}},
     )
 
 
