@@ -87,7 +87,10 @@ class Store:
             raise MobenchError(f"--results {self.root} is a file, not a folder")
         if (self.root / MARKER).exists():
             return
-        if self.root.is_dir() and any(p.name not in _IGNORABLE for p in self.root.iterdir()):
+        # Hidden entries are ignored: a concurrent writer's half-made marker is one of them.
+        if self.root.is_dir() and any(p.name not in _IGNORABLE and not p.name.startswith(".") for p in self.root.iterdir()):
+            if (self.root / MARKER).exists():  # another process made it a store meanwhile
+                return
             raise MobenchError(
                 f"{self.root} is not a mobench results store and is not empty; pass an empty or new folder to --results"
             )
