@@ -139,3 +139,50 @@ def test_first_token_follows_the_formula(rig):
         scores.append(float(base[v]) + 0.5 * (float(implicit[v]) + value))  # w_imp * beta = 1, w_exp = 1
     want = tok.decode([top[max(range(6), key=scores.__getitem__)]], skip_special_tokens=True)
     assert got == want
+
+
+def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    import json
+
+    from test_morlhf import NORM, Brevity, Positivity, _real_pairs
+
+    from mobench.api import RunContext, TaskInstance
+    from mobench.mage.value import TRAIN_INFO, train_value_model
+    from mobench.methods.mage import Mage
+    from mobench.models import micro_causal_lm
+    from mobench.training.dpo import load_experts
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    pairs = _real_pairs(data_dir, 10)
+    task = TaskInstance(
+        name="micro", scale="tiny", policy=str(policy), objectives=[Brevity(), Positivity()],
+        prompts=[p.prompt for p in pairs[:2]], normalisation=NORM, reference_point=(-3.0, -3.0),
+        pairs={"brevity": pairs[2:], "positivity": pairs[2:]},
+        generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4},
+        budgets={
+            "rl": {"steps": 1, "batch_size": 2, "num_generations": 2, "max_new_tokens": 4, "n_prompts": 4, "lora_r": 4},
+            "dpo": {"steps": 1, "batch_size": 2, "n_pairs": 4, "max_length": 64, "lora_r": 4},
+            "value_head": {"n_rollouts": 4, "max_new_tokens": 4, "steps": 2, "batch_size": 2, "lora_r": 4},
+            "mage": {"top_k": 4},
+        },
+    )
+    context = RunContext(seed=0, device="cpu")
+    method = Mage()
+    method.prepare(task, context)
+    prefs = [Preference((1.0, 0.0)), Preference((0.5, 0.5))]
+    out = method.generate(task.prompts, prefs)
+    assert len(out) == 2 and all(len(r) == 2 and all(isinstance(t, str) for t in r) for r in out)
+    adapters = method.provenance()["adapters"]
+    assert sorted(adapters) == ["bone0", "bone1", "dpo_brevity", "dpo_positivity", "value_brevity", "value_positivity"]
+    # The DPO experts are the shared cached ones (rewarded-soups' keys); value models record real losses.
+    assert {f"dpo_{k}": str(v) for k, v in load_experts(task, context).items()}.items() <= adapters.items()
+    record = json.loads((train_value_model(task, "brevity", context) / TRAIN_INFO).read_text())
+    assert record["n_rollouts"] == 4 and len(record["losses"]) == 2
+    # The reference-base ablation needs no backbones and decodes the same rows.
+    ref = Mage(base="reference", variant="mage-refbase")
+    ref.prepare(task, context)
+    assert "bone0" not in ref.provenance()["adapters"]
+    assert len(ref.generate(task.prompts, prefs[:1])[0]) == 2

@@ -166,7 +166,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.save_pretrained(str(out))
     save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()}, str(out / HEAD_FILE))
     record = {
