@@ -29,7 +29,8 @@ class Morlhf:
         from mobench.training.rl import training_prompts, rl_budget
 
         self.task, self.context = task, context
-        training_prompts(task, rl_budget(task)["n_prompts"], context.seed)  # fail now, not after loading models
+        budget = rl_budget(task)
+        training_prompts(task, budget["n_prompts"], context.seed, budget["max_prompt_chars"])  # fail now, not later
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
         from mobench.decoding.generate import generate_responses

@@ -33,6 +33,7 @@ RL_DEFAULTS: dict[str, Any] = {
     "temperature": 1.0,
     "lora_r": 16,
     "n_prompts": 64,
+    "max_prompt_chars": 800,  # longer (multi-turn) prompts are left out: every RL step generates from them
 }
 
 
@@ -85,8 +86,8 @@ def scalarised_reward(
     return reward
 
 
-def training_prompts(task: TaskInstance, n: int, seed: int) -> list[str]:
-    """RL prompts: the distinct prompts of the task's preference pairs (never its evaluation prompts), seeded sample."""
+def training_prompts(task: TaskInstance, n: int, seed: int, max_chars: int | None = None) -> list[str]:
+    """RL prompts: distinct pair prompts of the task (never its evaluation prompts) up to max_chars, seeded sample."""
     import random
 
     seen: dict[str, None] = {}
@@ -94,9 +95,9 @@ def training_prompts(task: TaskInstance, n: int, seed: int) -> list[str]:
         for pair in task.pairs.get(name, []):
             seen.setdefault(pair.prompt)
     evaluation = set(task.prompts)
-    prompts = [p for p in seen if p not in evaluation]
+    prompts = [p for p in seen if p not in evaluation and (not max_chars or len(p) <= max_chars)]
     if not prompts:
-        raise MobenchError(f"task {task.name!r} has no preference-pair prompts to run RL on")
+        raise MobenchError(f"task {task.name!r} has no preference-pair prompts (of at most {max_chars} characters) to run RL on")
     random.Random(seed).shuffle(prompts)
     return prompts[: int(n)]
 
@@ -142,7 +143,7 @@ def policy_key(task: TaskInstance, weights: Sequence[float], context: RunContext
 
     budget = rl_budget(task)
     seed = int(context.seed if context is not None else 0)
-    prompts = training_prompts(task, budget["n_prompts"], seed)
+    prompts = training_prompts(task, budget["n_prompts"], seed, budget["max_prompt_chars"])
     return {
         "trainer": "trl-rloo-lora",
         "base": policy_fingerprint(task.policy),
@@ -185,7 +186,7 @@ def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | N
     torch.manual_seed(seed)
     model, tok = load_causal_lm(task.policy, device=device)
     funcs, ws = weighted_rewards(task.objectives, task.normalisation, weights)
-    prompts = training_prompts(task, budget["n_prompts"], seed)
+    prompts = training_prompts(task, budget["n_prompts"], seed, budget["max_prompt_chars"])
     label = f"MORLHF {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
     with tempfile.TemporaryDirectory(prefix="mobench-rl-") as scratch:
         config = rloo_config(budget, scratch, seed, device)
