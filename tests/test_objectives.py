@@ -1,0 +1,115 @@
+"""Objectives: trained heads beat chance on held-out real pairs; cheap scorers behave on real text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mobench.api import MobenchError, Objective
+from mobench.scorers import last_user_turn, prompt_messages
+from mobench.tasks import _data
+from mobench.tasks._objectives import build_objective, head_folder
+
+
+def _head(name: str) -> dict:
+    # Trained once per MOBENCH_CACHE (artifact cache), then read back.
+    return json.loads((head_folder(name) / "head.json").read_text())
+
+
+@pytest.mark.slow
+def test_harmless_head_beats_0_60_on_held_out_hh_rlhf_pairs(data_dir):
+    head = _head("harmless")
+    assert head["n_heldout"] >= 400 and head["n_train"] >= 1600
+    assert head["heldout_accuracy"] > 0.60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["helpful", "quality"])
+def test_other_heads_beat_0_60_on_held_out_pairs(name, data_dir):
+    head = _head(name)
+    assert head["n_heldout"] >= 80 and head["heldout_accuracy"] > 0.60
+
+
+@pytest.mark.slow
+def test_head_objective_scores_templated_prompts_like_the_plain_dialogue(smol_tokenizer, data_dir):
+    from mobench.data import to_transcript
+
+    objective = build_objective("harmless", "tiny")
+    assert isinstance(objective, Objective) and objective.direction == 1
+    assert objective.provenance()["heldout_accuracy"] > 0.60
+    pairs = _data.harmless_pairs()[:6]
+    templated = [smol_tokenizer.apply_chat_template(p.chat, tokenize=False, add_generation_prompt=True) for p in pairs]
+    plain = [to_transcript(p.chat) for p in pairs]
+    responses = [p.chosen for p in pairs]
+    assert objective.score(templated, responses) == pytest.approx(objective.score(plain, responses), abs=1e-5)
+    # The head reads the response: a different reply gets a different score.
+    assert objective.score(templated[:1], [pairs[0].rejected]) != objective.score(templated[:1], responses[:1])
+
+
+def test_prompt_messages_inverts_the_real_chat_template(smol_tokenizer, data_dir):
+    dialogue = _data.hh_eval_dialogues(3, 0, 600, seed=0)[-1]
+    prompt = smol_tokenizer.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
+    assert prompt_messages(prompt) == dialogue  # SmolLM2's default system message is dropped
+    assert last_user_turn(prompt) == dialogue[-1]["content"]
+
+
+def test_summary_prompt_context_is_the_post(smol_tokenizer, data_dir):
+    post = _data.tldr_eval_posts(1, 200, seed=0)[0]
+    prompt = smol_tokenizer.apply_chat_template(_data.summary_request(post), tokenize=False, add_generation_prompt=True)
+    assert _data.post_from_prompt(prompt) == post and post.startswith("SUBREDDIT:")
+
+
+def test_toxicity_flags_offensive_text():
+    tox = build_objective("toxicity")
+    clean, rude = tox.score(["q", "q"], ["Thank you, that is a helpful answer.", "Shut up you fucking idiot."])
+    assert tox.direction == -1 and rude > 0.8 > 0.2 > clean
+
+
+def test_sentiment_orders_real_sentences():
+    sent = build_objective("sentiment")
+    good, bad = sent.score(["q", "q"], ["I love this, it is wonderful!", "This is terrible and I hate it."])
+    assert good > 0.5 and bad < -0.5
+
+
+def test_length_and_brevity_count_words_with_opposite_directions():
+    length, brevity = build_objective("length"), build_objective("brevity")
+    assert length.score(["q"], ["one two  three"]) == [3.0] == brevity.score(["q"], ["one two three"])
+    assert (length.direction, brevity.direction) == (1, -1)
+
+
+def test_brevity_pairs_prefer_the_shorter_summary(data_dir):
+    pairs = _data.brevity_pairs()
+    assert len(pairs) > 300
+    assert all(len(p.chosen.split()) * 1.25 <= len(p.rejected.split()) for p in pairs)
+
+
+def test_scores_must_match_responses():
+    with pytest.raises(ValueError):
+        build_objective("length").score(["a", "b"], ["x"])
+
+
+def test_objective_without_a_scorer_at_a_scale_is_an_error():
+    with pytest.raises(MobenchError, match="no scorer at scale 'tiny'"):
+        build_objective("faithful", "tiny")
+    with pytest.raises(MobenchError, match="unknown objective"):
+        build_objective("humour", "tiny")
+
+
+def test_objectives_are_registered_as_plugins():
+    from mobench.plugins import get_plugin_manager
+
+    registry = get_plugin_manager(entry_points=False).registry
+    for name, direction in {"helpful": 1, "harmless": 1, "quality": 1, "brevity": -1, "toxicity": -1,
+                            "sentiment": 1, "length": 1}.items():
+        assert registry.objective(name).direction == direction
+    assert registry.objective("toxicity").build("tiny").score(["q"], ["hello"])[0] < 0.5
+
+
+def test_paper_objectives_name_the_papers_reward_models():
+    helpful = build_objective("helpful", "paper")
+    assert helpful.provenance()["model"] == "Ray2333/gpt2-large-helpful-reward_model"
+    assert build_objective("quality", "paper").provenance()["model"] == "Tristan/gpt2_reward_summarization"
+    # Offline and not cached: scoring is a clear error, never a dummy score.
+    with pytest.raises(MobenchError, match="cannot load reward model"):
+        helpful.score(["\n\nHuman: hi\n\nAssistant:"], ["hello"])
