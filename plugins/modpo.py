@@ -31,6 +31,8 @@ class Modpo:
     def prepare(self, task: TaskInstance, context: RunContext) -> None:
         from mobench.training.modpo import MarginSource
 
+        if not any(task.pairs.get(name) for name in task.objective_names):
+            raise MobenchError(f"modpo trains on preference pairs and task {task.name!r} has none")
         self.task, self.context = task, context
         self.margins = MarginSource(task, context, self.margin)
 
