@@ -116,7 +116,7 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
         reference_point=(-3.0, -3.0),
         pairs={"brevity": pairs[3:], "positivity": pairs[3:]},
         generation={"max_new_tokens": 6, "do_sample": False, "batch_size": 3},
-        budgets={"rl": {"steps": 2, "batch_size": 2, "num_generations": 2, "max_new_tokens": 6, "learning_rate": 1e-3, "lora_r": 4, "n_prompts": 6}},
+        budgets={"rl": {"steps": 2, "batch_size": 4, "num_generations": 2, "max_new_tokens": 6, "learning_rate": 1e-3, "lora_r": 4, "n_prompts": 6}},
     )
     method = Morlhf()
     method.prepare(task, RunContext(seed=0, device="cpu"))

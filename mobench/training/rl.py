@@ -24,8 +24,8 @@ from mobench.api import MobenchError, Normalisation, Objective, RunContext, Task
 RL_KIND = "morlhf-policies"
 TRAIN_INFO = "mobench-train.json"
 RL_DEFAULTS: dict[str, Any] = {
-    "steps": 12,  # optimiser steps
-    "batch_size": 4,  # prompts per step; each gets num_generations samples
+    "steps": 24,  # optimiser steps
+    "batch_size": 8,  # completions per step, as in trl: batch_size / num_generations prompts
     "num_generations": 2,
     "max_new_tokens": 32,
     "learning_rate": 2e-4,
@@ -103,15 +103,17 @@ def training_prompts(task: TaskInstance, n: int, seed: int, max_chars: int | Non
 
 
 def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
-    """trl's RLOOConfig from a budget: batch_size prompts x num_generations samples per optimiser step."""
+    """trl's RLOOConfig from a budget: batch_size completions (num_generations per prompt) per optimiser step."""
     from trl import RLOOConfig
 
     on_cuda = str(device).startswith("cuda")
-    generations = int(budget["num_generations"])
+    generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
+    if generations < 2 or batch % generations:
+        raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {generations} and {batch}")
     return RLOOConfig(
         output_dir=output_dir,
         max_steps=int(budget["steps"]),
-        per_device_train_batch_size=int(budget["batch_size"]) * generations,
+        per_device_train_batch_size=batch,
         num_generations=generations,
         max_completion_length=int(budget["max_new_tokens"]),
         temperature=float(budget["temperature"]),
