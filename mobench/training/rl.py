@@ -40,7 +40,11 @@ RL_DEFAULTS: dict[str, Any] = {
 def rl_budget(task: TaskInstance) -> dict[str, Any]:
     """The task's "rl" budget with defaults filled in for absent keys."""
     given = task.budgets.get("rl") or {}
-    return {**RL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    budget = {**RL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
+    if generations < 2 or batch % generations:
+        raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {generations} and {batch}")
+    return budget
 
 
 def objective_reward(objective: Objective, norm: Normalisation) -> Callable[..., list[float]]:
@@ -108,8 +112,6 @@ def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str)
 
     on_cuda = str(device).startswith("cuda")
     generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
-    if generations < 2 or batch % generations:
-        raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {generations} and {batch}")
     return RLOOConfig(
         output_dir=output_dir,
         max_steps=int(budget["steps"]),
