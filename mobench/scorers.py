@@ -278,7 +278,9 @@ class SequenceClassifierScorer:
 
         model, tok = self._load()
         contexts = [self.context(p) for p in prompts]
-        max_length = min(self.max_length, getattr(tok, "model_max_length", self.max_length) or self.max_length)
+        # Truncate to what both the tokenizer and the position embeddings allow (long posts exceed them).
+        limits = [self.max_length, getattr(tok, "model_max_length", None), getattr(model.config, "max_position_embeddings", None)]
+        max_length = min(int(x) for x in limits if x)
         out: list[float] = []
         for i in range(0, len(responses), self.batch_size):
             ctx, resp = contexts[i : i + self.batch_size], responses[i : i + self.batch_size]

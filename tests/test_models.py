@@ -46,7 +46,8 @@ def _tiny_reward_model(folder, tokenizer, arch: str):
     else:
         config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                            decoder_ffn_dim=64, max_position_embeddings=512, num_labels=2,
+                            decoder_ffn_dim=64, max_position_embeddings=512,
+                            id2label={0: "HALLUCINATED", 1: "FAITHFUL"}, label2id={"HALLUCINATED": 0, "FAITHFUL": 1},
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                             bos_token_id=tokenizer.bos_token_id, decoder_start_token_id=tokenizer.eos_token_id)
         model = BartForSequenceClassification(config)
@@ -87,17 +88,31 @@ def test_gpt2_reward_model_scores_real_text_batch_invariantly(tmp_path, gpt2_tok
     assert len(set(round(s, 5) for s in batched)) == 4
 
 
+def _byte_level_bart_tokenizer():
+    """A BART tokenizer over the 256 byte-level symbols (no merges): real BART pair encoding, tiny vocab."""
+    from tokenizers import pre_tokenizers
+    from transformers import BartTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return BartTokenizer(vocab=vocab, merges=[])
+
+
 def test_bart_faithfulness_detector_path_reads_the_requested_logit(tmp_path, smol_tokenizer, data_dir):
     from mobench.scorers import SequenceClassifierScorer
     from mobench.tasks import _data
 
-    folder = _tiny_reward_model(tmp_path / "bart", smol_tokenizer, "bart")
+    folder = _tiny_reward_model(tmp_path / "bart", _byte_level_bart_tokenizer(), "bart")
     pairs = _data.quality_pairs()[:3]
     prompts = [smol_tokenizer.apply_chat_template(p.chat, tokenize=False, add_generation_prompt=True) for p in pairs]
     summaries = [p.chosen for p in pairs]
     label0 = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 0, device="cpu")(prompts, summaries)
     label1 = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 1, device="cpu")(prompts, summaries)
     assert len(label1) == 3 and label0 != label1
+    one = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 1, batch_size=1, device="cpu")
+    assert [one([p], [s])[0] for p, s in zip(prompts, summaries)] == pytest.approx(label1, abs=1e-4)
     with pytest.raises(MobenchError, match="has 2 labels"):
         SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 2, device="cpu")(prompts, summaries)
 
