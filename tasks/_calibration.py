@@ -44,9 +44,9 @@ def read(task: str, scale: str, prompts: Sequence[str], objectives: Sequence[str
     record = json.loads(path.read_text()).get("scales", {}).get(scale) if path.exists() else None
     if record is None:
         raise MobenchError(f"task {task!r} has no calibration for scale {scale!r}; run `{command}`")
-    if record["prompts_sha256"] != digest(prompts) or list(record["objectives"]) != list(objectives):
+    if record["prompts_sha256"] != digest(prompts) or record.get("objective_names") != list(objectives):
         raise MobenchError(f"the calibration of task {task!r} at scale {scale!r} is stale (prompts or objectives changed); run `{command}`")
-    norm = {name: Normalisation(stat["mean"], stat["std"]) for name, stat in record["objectives"].items()}
+    norm = {name: Normalisation(record["objectives"][name]["mean"], record["objectives"][name]["std"]) for name in objectives}
     return norm, tuple(record["reference_point"]), record
 
 
@@ -101,6 +101,7 @@ def calibrate(instance, device: str | None = None) -> dict[str, Any]:
         "n_prompts": len(instance.prompts),
         "prompts_sha256": digest(instance.prompts),
         "generation": instance.generation,
+        "objective_names": [o.name for o in instance.objectives],  # the weight order (the file sorts keys)
         "objectives": stats,
         "reference_point": [REFERENCE_Z] * len(instance.objectives),
         "rule": RULE,

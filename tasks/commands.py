@@ -14,7 +14,10 @@ def _load(task: str, scale: str, device: str | None = None):
     from mobench.plugins import get_plugin_manager
     from mobench.tasks._common import CALIBRATING
 
-    spec = get_plugin_manager().registry.task(task)
+    ctx = click.get_current_context(silent=True)
+    # The CLI hands its plugin manager (which honours --plugins-dir) to commands as ctx.obj["pm"].
+    pm = ctx.obj.get("pm") if ctx is not None and isinstance(ctx.obj, dict) and ctx.obj.get("pm") else get_plugin_manager()
+    spec = pm.registry.task(task)
     return spec.load(scale, RunContext(device=device, options={CALIBRATING: True}))
 
 

@@ -1,0 +1,122 @@
+"""The hh and summarize tasks: real prompts, pairs apart from them, committed calibration, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from mobench.api import MobenchError, RunContext
+from mobench.tasks import _calibration, hh, summarize
+from mobench.tasks._common import CALIBRATING
+
+DPO_KEYS = {"steps", "batch_size", "learning_rate", "beta", "max_length", "lora_r", "n_pairs"}
+RL_KEYS = {"steps", "batch_size", "num_generations", "max_new_tokens", "learning_rate", "beta_kl", "lora_r", "n_prompts"}
+VALUE_KEYS = {"n_rollouts", "steps", "learning_rate", "lora_r"}
+
+
+@pytest.fixture(scope="module")
+def hh_tiny(data_dir):
+    return hh.load("tiny", RunContext())
+
+
+@pytest.mark.slow
+def test_hh_tiny_is_complete_and_consistent(hh_tiny):
+    task = hh_tiny
+    assert (task.name, task.scale, task.policy, task.grid_points) == ("hh", "tiny", "smollm2-135m-instruct", 3)
+    assert task.objective_names == ["helpful", "harmless"]
+    assert len(task.prompts) == 32 and len(set(task.prompts)) == 32
+    assert all(p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n") for p in task.prompts)
+    assert set(task.normalisation) == {"helpful", "harmless"} and all(n.std > 0 for n in task.normalisation.values())
+    assert task.reference_point == (-1.0, -1.0)
+    assert set(task.generation) == {"max_new_tokens", "do_sample", "temperature", "batch_size"}
+    assert set(task.budgets["dpo"]) == DPO_KEYS and set(task.budgets["rl"]) == RL_KEYS
+    assert set(task.budgets["value_head"]) == VALUE_KEYS
+    assert len(task.pairs["harmless"]) == 2070 and len(task.pairs["helpful"]) == 422
+    train_prompts = {p.prompt for pairs in task.pairs.values() for p in pairs}
+    assert not train_prompts & set(task.prompts)
+    assert all(p.prompt.startswith("<|im_start|>") for p in task.pairs["harmless"][:50])
+    assert task.provenance["data"][0]["origin"] == "data_dir"
+
+
+@pytest.mark.slow
+def test_two_loads_give_identical_prompts_statistics_and_reference_point(hh_tiny):
+    again = hh.load("tiny", RunContext(seed=123))  # the run's seed must not move the task
+    assert again.prompts == hh_tiny.prompts
+    assert again.normalisation == hh_tiny.normalisation and again.reference_point == hh_tiny.reference_point
+    assert [p.prompt for p in again.pairs["helpful"][:20]] == [p.prompt for p in hh_tiny.pairs["helpful"][:20]]
+
+
+@pytest.mark.slow
+def test_calibration_is_reproducible_from_the_reference_policy(hh_tiny):
+    mini = dataclasses.replace(hh_tiny, prompts=hh_tiny.prompts[:4],
+                               generation={**hh_tiny.generation, "max_new_tokens": 12, "batch_size": 4})
+    first, second = _calibration.calibrate(mini, device="cpu"), _calibration.calibrate(mini, device="cpu")
+    assert first["objectives"] == second["objectives"] and first["prompts_sha256"] == second["prompts_sha256"]
+    assert first["reference_point"] == [-1.0, -1.0]
+    # The statistics are those of the reference responses: the mean z of those responses is 0.
+    assert all(stat["std"] > 0 for stat in first["objectives"].values())
+
+
+@pytest.mark.slow
+def test_summarize_tiny_loads_with_quality_and_brevity(data_dir):
+    task = summarize.load("tiny", RunContext())
+    assert task.objective_names == ["quality", "brevity"] and [o.direction for o in task.objectives] == [1, -1]
+    assert len(task.prompts) == 32 and all("TL;DR summary" in p for p in task.prompts)
+    assert task.reference_point == (-1.0, -1.0) and task.normalisation["brevity"].mean > 0
+    assert len(task.pairs["quality"]) == 1000 and len(task.pairs["brevity"]) > 300
+    assert not {p.prompt for ps in task.pairs.values() for p in ps} & set(task.prompts)
+
+
+def test_missing_calibration_names_the_command(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(_calibration, "TASKS_DIR", tmp_path)
+    with pytest.raises(MobenchError, match="run `mobench calibrate --task summarize --scale tiny`"):
+        summarize.load("tiny", RunContext())
+
+
+def test_stale_calibration_is_refused(data_dir, tmp_path, monkeypatch):
+    content = json.loads(_calibration.calibration_path("summarize").read_text())
+    content["scales"]["tiny"]["prompts_sha256"] = "0" * 64
+    (tmp_path / "summarize.json").write_text(json.dumps(content))
+    monkeypatch.setattr(_calibration, "TASKS_DIR", tmp_path)
+    with pytest.raises(MobenchError, match="stale"):
+        summarize.load("tiny", RunContext())
+
+
+def test_calibration_files_are_committed_for_tiny():
+    for task in ("hh", "summarize"):
+        record = json.loads(_calibration.calibration_path(task).read_text())["scales"]["tiny"]
+        assert record["reference_point"] == [-1.0, -1.0] and record["n_prompts"] == 32
+
+
+def test_unknown_scale_and_offline_paper_policy_are_clear_errors(data_dir):
+    with pytest.raises(MobenchError, match="no scale 'huge'"):
+        hh.load("huge", RunContext())
+    # Paper scale needs its hub policy; offline and uncached it is an error, not a fallback.
+    with pytest.raises(MobenchError, match="Qwen/Qwen2.5-7B-Instruct"):
+        hh.load("paper", RunContext())
+
+
+def test_tasks_are_registered_with_their_objectives():
+    from mobench.plugins import get_plugin_manager
+
+    registry = get_plugin_manager(entry_points=False).registry
+    assert registry.task("hh").objectives == ("helpful", "harmless")
+    assert registry.task("summarize").objectives == ("quality", "brevity")
+
+
+@pytest.mark.slow
+def test_objectives_eval_command_prints_held_out_accuracies(data_dir):
+    import click
+    from click.testing import CliRunner
+
+    from mobench.tasks import commands
+
+    cli = click.Group("mobench")
+    commands.register_commands(cli)
+    result = CliRunner().invoke(cli, ["objectives", "eval", "--task", "hh"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert "held-out" in lines["harmless"] and float(lines["harmless"].split()[2]) > 0.60
+    assert "calibrate" in cli.commands
