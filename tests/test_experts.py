@@ -148,3 +148,46 @@ def test_missing_pairs_is_a_clear_error(data_dir, tmp_path, smol_tokenizer):
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     with pytest.raises(MobenchError, match="no preference pairs for objective 'honest'"):
         train_dpo_expert(task, "honest", RunContext(device="cpu"))
+
+
+def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol_tokenizer, monkeypatch):
+    """The CPU speed patch (trl scores completion tokens only) changes no loss and no weight."""
+    import contextlib
+
+    import torch
+    import trl.trainer.utils as trl_utils
+    from safetensors.torch import load_file
+
+    from mobench.training import dpo
+
+    # two steps: the second step's loss and margins come from the first step's update (step 1 is log 2)
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), steps=2, lr=5e-2)
+    original = trl_utils._use_triton
+    (tmp_path / "fast").mkdir()
+    dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "fast")
+    assert trl_utils._use_triton is original  # restored after training
+    monkeypatch.setattr(dpo, "_completion_positions_only", contextlib.nullcontext)
+    (tmp_path / "plain").mkdir()
+    dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "plain")
+    fast, plain = (dpo.expert_record(tmp_path / d) for d in ("fast", "plain"))
+    assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
+    assert len(fast["log"]) == 2 and fast["log"][1]["loss"] != pytest.approx(0.6931, abs=1e-3)
+    for f, p in zip(fast["log"], plain["log"]):
+        assert (f["loss"], f["rewards/margins"]) == pytest.approx((p["loss"], p["rewards/margins"]), rel=1e-4, abs=1e-6)
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("fast", "plain"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_long_prompts_keep_their_end_and_leave_room_for_completions(smol_tokenizer):
+    from mobench.training.dpo import _truncate_prompts
+
+    long_prompt = " ".join(f"word{i}" for i in range(400)) + " TL;DR:"
+    pair = PreferencePair(long_prompt, " a short summary", " another, longer, summary of the post")
+    (cut,) = _truncate_prompts([pair], smol_tokenizer, max_length=64)
+    longest = len(smol_tokenizer(pair.rejected, add_special_tokens=False)["input_ids"])
+    assert cut.prompt.endswith(" TL;DR:") and long_prompt.endswith(cut.prompt.lstrip())
+    assert len(smol_tokenizer(cut.prompt, add_special_tokens=False)["input_ids"]) + longest + 1 <= 64 + 1
+    short = PreferencePair("Hi there", " yes", " no")
+    assert _truncate_prompts([short], smol_tokenizer, max_length=64) == [short]

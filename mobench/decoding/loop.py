@@ -127,6 +127,7 @@ def decode_tokens(
     device = scorers[0].model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_token_ids[0])
     eos = torch.tensor(list(eos_token_ids), device=device, dtype=torch.long)
+    eos_set = {int(i) for i in eos_token_ids}
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # every row's next token follows its own last prompt token
     bar = progress.step(description, total=len(prompts)) if progress is not None else None
@@ -166,7 +167,7 @@ def decode_tokens(
                 s.reset()  # free the caches before the next chunk
             ids = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in chunk]
             for row in ids:
-                cut = next((i + 1 for i, tok in enumerate(row) if tok in set(eos.tolist())), len(row))
+                cut = next((i + 1 for i, tok in enumerate(row) if tok in eos_set), len(row))
                 out.append(row[:cut])
             if bar is not None:
                 bar.advance(len(chunk))
