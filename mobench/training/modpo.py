@@ -244,7 +244,7 @@ def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSour
     from mobench.artifacts import library_versions
     from mobench.models import default_dtype
     from mobench.training.common import TRAINING_LIBRARIES, data_hash, lora_key, resolve_device
-    from mobench.training.dpo import policy_fingerprint
+    from mobench.training.dpo import RECIPE, policy_fingerprint
 
     budget = modpo_budget(task)
     k, others = modpo_plan(task, weights)
@@ -252,6 +252,7 @@ def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSour
     pairs = _pairs(task, names[k], budget)
     return {
         "trainer": "trl-dpo-lora-modpo",
+        "recipe": {"dpo": RECIPE, "modpo": 1},
         "base": policy_fingerprint(task.policy),
         "task": task.name,
         "scale": task.scale,
@@ -283,7 +284,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
 
     from mobench.models import load_causal_lm
     from mobench.training.common import lora_config, progress_callback, resolve_device
-    from mobench.training.dpo import _truncate_prompts
+    from mobench.training.dpo import _completion_positions_only, _truncate_prompts
 
     budget = modpo_budget(task)
     names = task.objective_names
@@ -293,11 +294,12 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     torch.manual_seed(seed)
     model, tok = load_causal_lm(task.policy, device=device)
     # The same prompt truncation as the DPO experts, so implicit margins see the pairs the experts saw.
-    pairs = _truncate_prompts(_pairs(task, names[k], budget), tok, int(budget["max_length"]) // 2)
+    pairs = _truncate_prompts(_pairs(task, names[k], budget), tok, int(budget["max_length"]))
     diffs = margins.differences(names[k], [names[j] for j in others], pairs)
     margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k, len(pairs))
     label = f"MODPO {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
-    with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch:
+    # The DPO experts' CPU speed-up (score completion tokens only) also covers the reference precompute.
+    with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch, _completion_positions_only():
         trainer = modpo_trainer(
             model,
             tok,
