@@ -113,3 +113,16 @@ def test_paper_objectives_name_the_papers_reward_models():
     # Offline and not cached: scoring is a clear error, never a dummy score.
     with pytest.raises(MobenchError, match="cannot load reward model"):
         helpful.score(["\n\nHuman: hi\n\nAssistant:"], ["hello"])
+
+
+def test_prompt_messages_reads_llama3_and_hh_transcripts():
+    from mobench.scorers import hh_transcript
+
+    llama3 = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe nice.<|eot_id|>"
+              "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert prompt_messages(llama3) == [{"role": "user", "content": "Hi there"}]
+    hh_text = "\n\nHuman: Is it safe?\n\nAssistant: Which part?\n\nHuman: The bridge.\n\nAssistant:"
+    assert [m["role"] for m in prompt_messages(hh_text)] == ["user", "assistant", "user"]
+    assert hh_transcript(hh_text) == hh_text
+    assert prompt_messages("Just a plain request") == [{"role": "user", "content": "Just a plain request"}]
