@@ -166,7 +166,7 @@ def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol
     (tmp_path / "fast").mkdir()
     dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "fast")
     assert trl_utils._use_triton is original  # restored after training
-    monkeypatch.setattr(dpo, "_completion_positions_only", contextlib.nullcontext)
+    monkeypatch.setattr(dpo, "completion_positions_only", contextlib.nullcontext)
     (tmp_path / "plain").mkdir()
     dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "plain")
     fast, plain = (dpo.expert_record(tmp_path / d) for d in ("fast", "plain"))
@@ -181,13 +181,13 @@ def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol
 
 
 def test_long_prompts_keep_their_end_and_leave_room_for_completions(smol_tokenizer):
-    from mobench.training.dpo import _truncate_prompts
+    from mobench.training.common import truncate_prompts
 
     long_prompt = " ".join(f"word{i}" for i in range(400)) + " TL;DR:"
     pair = PreferencePair(long_prompt, " a short summary", " another, longer, summary of the post")
-    (cut,) = _truncate_prompts([pair], smol_tokenizer, max_length=64)
+    (cut,) = truncate_prompts([pair], smol_tokenizer, max_length=64)
     longest = len(smol_tokenizer(pair.rejected, add_special_tokens=False)["input_ids"])
     assert cut.prompt.endswith(" TL;DR:") and long_prompt.endswith(cut.prompt.lstrip())
     assert len(smol_tokenizer(cut.prompt, add_special_tokens=False)["input_ids"]) + longest + 1 <= 64 + 1
     short = PreferencePair("Hi there", " yes", " no")
-    assert _truncate_prompts([short], smol_tokenizer, max_length=64) == [short]
+    assert truncate_prompts([short], smol_tokenizer, max_length=64) == [short]

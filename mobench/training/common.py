@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,3 +129,41 @@ def load_policy_with_adapters(policy: str, adapters: dict[str, str | Path], devi
     model.to(model.device if device is None else device)
     model.eval()
     return model, tok
+
+
+def truncate_prompts(pairs, tokenizer, max_length: int):
+    """Cut each pair's prompt to its last tokens so that prompt + longer completion fit in ``max_length``."""
+    # trl 1.16 only truncates the end of prompt+completion ("keep_start"), so an overlong prompt (a long
+    # dialogue, a Reddit post) would swallow both completions. Keep the prompt's last tokens instead,
+    # leaving room for the longer completion (the prompt keeps at least a quarter of max_length).
+    out = []
+    for p in pairs:
+        ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in (p.chosen, p.rejected))
+        room = max(max_length // 4, max_length - longest - 1)  # -1: the EOS trl appends
+        prompt = p.prompt if len(ids) <= room else tokenizer.decode(ids[-room:])
+        out.append(PreferencePair(prompt, p.chosen, p.rejected))
+    return out
+
+
+@contextmanager
+def completion_positions_only():
+    """While active, trl's fused LM head scores completion tokens only, on every device (a CPU speed-up)."""
+    # trl 1.16's fused LM head scores every position (prompt and padding too) unless Triton runs the
+    # kernel, to keep tile shapes static on Neuron; the masked positions are zeroed afterwards. On CPU
+    # that is pure waste: scoring only completion tokens (trl's own CUDA path) made a SmolLM2 DPO step
+    # 1.75x faster with the same loss. Patched only while training, only where trl has the switch.
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover - another trl layout: train as trl does
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original

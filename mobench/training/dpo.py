@@ -7,19 +7,20 @@ import json
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mobench.api import MobenchError, RunContext, TaskInstance
 from mobench.training.common import (
     TRAINING_LIBRARIES,
+    completion_positions_only,
     data_hash,
     lora_config,
     lora_key,
     pairs_dataset,
     progress_callback,
     resolve_device,
+    truncate_prompts,
 )
 
 EXPERT_KIND = "dpo-experts"
@@ -94,42 +95,9 @@ def expert_key(task: TaskInstance, objective: str, context: RunContext | None = 
     }
 
 
-def _truncate_prompts(pairs, tokenizer, max_length: int):
-    # trl 1.16 only truncates the end of prompt+completion ("keep_start"), so an overlong prompt (a long
-    # dialogue, a Reddit post) would swallow both completions. Keep the prompt's last tokens instead,
-    # leaving room for the longer completion (the prompt keeps at least a quarter of max_length).
-    from mobench.api import PreferencePair
-
-    out = []
-    for p in pairs:
-        ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in (p.chosen, p.rejected))
-        room = max(max_length // 4, max_length - longest - 1)  # -1: the EOS trl appends
-        prompt = p.prompt if len(ids) <= room else tokenizer.decode(ids[-room:])
-        out.append(PreferencePair(prompt, p.chosen, p.rejected))
-    return out
-
-
-@contextmanager
-def _completion_positions_only():
-    # trl 1.16's fused LM head scores every position (prompt and padding too) unless Triton runs the
-    # kernel, to keep tile shapes static on Neuron; the masked positions are zeroed afterwards. On CPU
-    # that is pure waste: scoring only completion tokens (trl's own CUDA path) made a SmolLM2 DPO step
-    # 1.75x faster with the same loss. Patched only while training, only where trl has the switch.
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:  # pragma: no cover - another trl layout: train as trl does
-        yield
-        return
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: True
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
+# Shared with other trl trainers (MODPO); kept under the old private names for their imports.
+_truncate_prompts = truncate_prompts
+_completion_positions_only = completion_positions_only
 
 
 def _train(task: TaskInstance, objective: str, context: RunContext | None, out: Path) -> None:
@@ -144,7 +112,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
     seed = int(context.seed if context is not None else 0)
     torch.manual_seed(seed)
     model, tok = load_causal_lm(task.policy, device=device)
-    pairs = _truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]))
+    pairs = truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]))
     on_cuda = str(device).startswith("cuda")
     with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch:
         args = DPOConfig(
@@ -176,7 +144,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
             callbacks=[progress_callback(context, f"DPO expert {task.name}/{objective}")],
         )
         start = time.perf_counter()
-        with _completion_positions_only():
+        with completion_positions_only():
             result = trainer.train()
         seconds = time.perf_counter() - start
     trainer.model.save_pretrained(str(out))
