@@ -42,6 +42,9 @@ class HeadSpec:
     max_pairs: int | None = None
 
 
+# XSTest compliance pairs (113 safe prompts: full compliance > full refusal) were measured as extra
+# helpful training pairs: held-out accuracy on HHH + dove pairs 0.721 with them vs 0.724 without
+# (mean of 5 splits), so they are not used.
 HEADS: dict[str, HeadSpec] = {
     "helpful": HeadSpec(_data.helpful_pairs, last_user_turn, ("hhh-helpful", "dove-helpful-pref")),
     "harmless": HeadSpec(_data.harmless_pairs, last_user_turn, ("hh-rlhf-harmless-test",), HARMLESS_MAX_PAIRS),
