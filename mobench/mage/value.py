@@ -161,7 +161,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
             weight[i, first : len(seq)] = 1.0
             target[i, :] = z
         h = hidden_states(model, ids.to(device), mask.to(device)).last_hidden_state
-        pred = head(h).squeeze(-1)
+        pred = head(h.float()).squeeze(-1)  # the head trains in fp32 whatever the base dtype (bf16 on CUDA)
         loss = ((pred - target.to(device)) ** 2 * weight.to(device)).sum() / weight.sum().to(device)
         optimiser.zero_grad()
         loss.backward()
