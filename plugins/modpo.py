@@ -4,10 +4,12 @@ At w, MODPO trains on the pairs of the objective k with the largest weight, with
 w_{-k} . (r_{-k}(x, y_w) - r_{-k}(x, y_l)) from the other objectives, and the loss divided by w_k
 (see mobench.training.modpo). Option ``margin``: "scores" (default; the task's objectives, z-normalised)
 or "implicit" (beta log pi_j/pi_ref of the per-objective DPO experts, shared with Rewarded Soups).
+Budget keys given as options (``-o steps=12``) override the task's MODPO/DPO budget for this run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mobench import hookimpl
@@ -20,10 +22,14 @@ class Modpo:
     name = "modpo"
     batch_preferences = False
 
-    def __init__(self, margin: str = "scores", **unknown: Any):
+    def __init__(self, margin: str = "scores", **budget: Any):
+        from mobench.training.modpo import BUDGET_KEYS
+
+        unknown = sorted(set(budget) - BUDGET_KEYS)
         if unknown:
-            raise MobenchError(f"modpo has no option(s) {', '.join(sorted(unknown))}; it takes margin=scores|implicit")
+            raise MobenchError(f"modpo has no option(s) {', '.join(unknown)}; it takes margin=scores|implicit and budget keys {', '.join(sorted(BUDGET_KEYS))}")
         self.margin = str(margin)
+        self.budget_overrides = budget
         self.task: TaskInstance | None = None
         self.context = RunContext()
         self.policies: dict[str, str] = {}
@@ -33,6 +39,9 @@ class Modpo:
 
         if not any(task.pairs.get(name) for name in task.objective_names):
             raise MobenchError(f"modpo trains on preference pairs and task {task.name!r} has none")
+        if self.budget_overrides:  # -o steps=12 ...: a different budget, hence different cached policies
+            budgets = {**task.budgets, "modpo": {**(task.budgets.get("modpo") or {}), **self.budget_overrides}}
+            task = dataclasses.replace(task, budgets=budgets)
         self.task, self.context = task, context
         self.margins = MarginSource(task, context, self.margin)
 

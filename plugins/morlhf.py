@@ -2,10 +2,12 @@
 
 Training is trl's RLOOTrainer with a KL penalty to the reference policy in the reward, the stand-in for the
 papers' PPO (why: see mobench.training.rl). Each objective is z-normalised by the task's statistics first.
+Budget keys given as options (``-o steps=24``) override the task's "rl" budget for this run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mobench import hookimpl
@@ -18,9 +20,13 @@ class Morlhf:
     name = "morlhf"
     batch_preferences = False
 
-    def __init__(self, **unknown: Any):
+    def __init__(self, **budget: Any):
+        from mobench.training.rl import BUDGET_KEYS
+
+        unknown = sorted(set(budget) - BUDGET_KEYS)
         if unknown:
-            raise MobenchError(f"morlhf takes no options (got {', '.join(sorted(unknown))}); budgets come from the task")
+            raise MobenchError(f"morlhf has no option(s) {', '.join(unknown)}; it takes budget keys {', '.join(sorted(BUDGET_KEYS))}")
+        self.budget_overrides = budget
         self.task: TaskInstance | None = None
         self.context = RunContext()
         self.policies: dict[str, str] = {}
@@ -28,6 +34,8 @@ class Morlhf:
     def prepare(self, task: TaskInstance, context: RunContext) -> None:
         from mobench.training.rl import training_prompts, rl_budget
 
+        if self.budget_overrides:  # -o steps=24 ...: a different budget, hence different cached policies
+            task = dataclasses.replace(task, budgets={**task.budgets, "rl": {**(task.budgets.get("rl") or {}), **self.budget_overrides}})
         self.task, self.context = task, context
         budget = rl_budget(task)
         training_prompts(task, budget["n_prompts"], context.seed, budget["max_prompt_chars"])  # fail now, not later

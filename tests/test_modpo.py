@@ -183,3 +183,19 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
     assert again.policies["0.000000,1.000000"] == method.policies["0.000000,1.000000"]
     with pytest.raises(MobenchError):
         Modpo(margin="oracle").prepare(task, RunContext())
+
+
+def test_modpo_budget_options_override_the_task_budget():
+    from mobench.api import RunContext, TaskInstance
+    from mobench.methods.modpo import Modpo
+    from mobench.training.modpo import modpo_budget
+
+    pair = PreferencePair("Q", "a", "b")
+    task = TaskInstance("t", "tiny", "p", [CharLength()], ["x"], {"brevity": Normalisation(1.0, 1.0)}, (-1.0,),
+                        pairs={"brevity": [pair]}, budgets={"dpo": {"steps": 32, "n_pairs": 256}})
+    method = Modpo(steps=12, n_pairs=64)
+    method.prepare(task, RunContext())
+    assert modpo_budget(method.task)["steps"] == 12 and modpo_budget(method.task)["n_pairs"] == 64
+    assert modpo_budget(task)["steps"] == 32
+    with pytest.raises(MobenchError, match="margin"):
+        Modpo(num_generations=2)

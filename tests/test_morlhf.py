@@ -138,3 +138,20 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     again.generate(task.prompts, [Preference((1.0, 0.0))])
     assert again.policies["1.000000,0.000000"] == paths["1.000000,0.000000"]
     assert time.perf_counter() - start < 30
+
+
+def test_budget_options_override_the_task_budget_and_unknown_options_fail():
+    from mobench.methods.morlhf import Morlhf
+    from mobench.training.rl import rl_budget
+
+    pairs = [PreferencePair("\n\nHuman: Hi?\n\nAssistant:", " Hello.", " Go away.")]
+    task = TaskInstance("t", "tiny", "p", [Brevity()], ["other prompt"], NORM, (-1.0,), pairs={"brevity": pairs},
+                        budgets={"rl": {"steps": 8, "batch_size": 8}})
+    method = Morlhf(steps=3, learning_rate=1e-3)
+    method.prepare(task, RunContext())
+    assert rl_budget(method.task)["steps"] == 3 and rl_budget(method.task)["batch_size"] == 8
+    assert rl_budget(task)["steps"] == 8  # the task itself is untouched
+    with pytest.raises(MobenchError, match="margin"):
+        Morlhf(margin="scores")
+    with pytest.raises(MobenchError):
+        Morlhf(steps=3, batch_size=6, num_generations=4).prepare(task, RunContext())

@@ -22,6 +22,10 @@ from mobench.api import MobenchError, Normalisation, Objective, PreferencePair, 
 MODPO_KIND = "modpo-policies"
 MARGIN_SOURCES = ("scores", "implicit")
 TRAIN_INFO = "mobench-train.json"
+BUDGET_KEYS = frozenset(
+    {"steps", "batch_size", "learning_rate", "beta", "max_length", "n_pairs", "gradient_accumulation_steps",
+     "warmup_steps", "lr_scheduler_type", "lora_r", "lora_alpha", "lora_dropout", "lora_target"}
+)
 
 
 def modpo_budget(task: TaskInstance) -> dict[str, Any]:
@@ -267,6 +271,7 @@ def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSour
             "beta": float(budget["beta"]),
             "max_length": int(budget["max_length"]),
             "lora": lora_key(budget),
+            **{k: budget[k] for k in ("gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type") if k in budget},
         },
         "seed": int(context.seed if context is not None else 0),
         "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
@@ -310,6 +315,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, label)],
         )
+        _quiet(trainer)
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
@@ -335,3 +341,10 @@ def train_modpo_policy(task: TaskInstance, weights: Sequence[float], margins: Ma
 
     key = policy_key(task, weights, margins, context)
     return get_or_build(MODPO_KIND, key, lambda out: _train(task, weights, margins, context, out))
+
+
+def _quiet(trainer) -> None:
+    # With tqdm off, transformers prints every log dict to stdout; progress goes through context.progress.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)

@@ -35,6 +35,7 @@ RL_DEFAULTS: dict[str, Any] = {
     "n_prompts": 64,
     "max_prompt_chars": 800,  # longer (multi-turn) prompts are left out: every RL step generates from them
 }
+BUDGET_KEYS = frozenset(RL_DEFAULTS) | {"gradient_checkpointing", "lora_alpha", "lora_dropout", "lora_target"}
 
 
 def rl_budget(task: TaskInstance) -> dict[str, Any]:
@@ -204,6 +205,7 @@ def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | N
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, label)],
         )
+        _quiet(trainer)
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
@@ -227,3 +229,10 @@ def train_rl_policy(task: TaskInstance, weights: Sequence[float], context: RunCo
 
     key = policy_key(task, weights, context)
     return get_or_build(RL_KIND, key, lambda out: _train(task, weights, context, out))
+
+
+def _quiet(trainer) -> None:
+    # With tqdm off, transformers prints every log dict to stdout; progress goes through context.progress.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
