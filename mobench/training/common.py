@@ -167,3 +167,26 @@ def completion_positions_only():
         yield
     finally:
         trl_utils._use_triton = original
+
+
+def silence_console(trainer):
+    """Drop transformers' console printers (log dicts, tqdm): progress goes to context.progress instead."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+@contextmanager
+def quiet_datasets():
+    """Hide datasets' progress bars (trl's tokenising passes) inside the block."""
+    from datasets.utils import logging as ds_logging
+
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()

@@ -19,6 +19,8 @@ from mobench.training.common import (
     lora_key,
     pairs_dataset,
     progress_callback,
+    quiet_datasets,
+    silence_console,
     resolve_device,
     truncate_prompts,
 )
@@ -114,7 +116,9 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
     model, tok = load_causal_lm(task.policy, device=device)
     pairs = truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]))
     on_cuda = str(device).startswith("cuda")
-    with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch:
+    fields = getattr(DPOConfig, "__dataclass_fields__", {})
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch, quiet_datasets():
         args = DPOConfig(
             output_dir=scratch,
             max_steps=int(budget["steps"]),
@@ -124,8 +128,9 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
             max_length=int(budget["max_length"]),
             seed=seed,
             data_seed=seed,
-            # trl 1.x turns gradient checkpointing on by default; at this size it only costs time.
-            gradient_checkpointing=False,
+            # trl 1.x turns activation checkpointing on by default; at this size it only costs time
+            # (transformers 5 renamed gradient_checkpointing, and warns on the old name).
+            **{checkpointing: False},
             bf16=on_cuda,
             use_cpu=not on_cuda,
             report_to="none",
@@ -143,6 +148,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, f"DPO expert {task.name}/{objective}")],
         )
+        silence_console(trainer)
         start = time.perf_counter()
         with completion_positions_only():
             result = trainer.train()
