@@ -2,7 +2,8 @@
 
 The per-objective LoRA DPO experts (shared with Rewarded Soups through the artifact cache) sit as
 adapters on one base; mobench.decoding.loop runs one KV cache per expert and batches prompts and grid
-points together, each row carrying its own weights.
+points together, each row carrying its own weights. Options: ``max_rows`` (rows per decoding batch) and
+DPO budget keys (``-o steps=8``), which override the task's expert budget for a run.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ class LogitEnsemble:
     name = "logit-ensemble"
     batch_preferences = True
 
-    def __init__(self, max_rows: int = 64, **unknown: Any):
+    def __init__(self, max_rows: int = 64, **budget: Any):
+        from mobench.training.dpo import DPO_DEFAULTS
+
+        unknown = sorted(set(budget) - set(DPO_DEFAULTS))
         if unknown:
-            raise MobenchError(f"logit-ensemble has no option(s) {', '.join(sorted(unknown))}; it takes max_rows=N")
+            raise MobenchError(f"logit-ensemble has no option(s) {', '.join(unknown)}; it takes max_rows=N and DPO budget keys {', '.join(sorted(DPO_DEFAULTS))}")
+        self.budget_overrides = budget
         self.max_rows = int(max_rows)
         if self.max_rows < 1:
             raise MobenchError(f"logit-ensemble max_rows must be >= 1, not {max_rows!r}")
@@ -31,8 +36,10 @@ class LogitEnsemble:
 
     def prepare(self, task: TaskInstance, context: RunContext) -> None:
         from mobench.decoding.loop import ModelScorer
-        from mobench.training.dpo import load_expert_policy
+        from mobench.training.dpo import load_expert_policy, with_dpo_budget
 
+        # -o steps=8 ...: a different expert budget, hence different (separately cached) experts
+        task = with_dpo_budget(task, self.budget_overrides)
         self.task, self.context = task, context
         self.model, self.tokenizer, self.experts = load_expert_policy(task, context)
         self.scorers = [ModelScorer(self.model, name) for name in self.experts]

@@ -2,6 +2,7 @@
 
 The soup is the exact LoRA-delta merge sum_i w_i B_i A_i (mobench.merging), rebuilt per grid point on
 one in-memory copy of the policy; the experts come from the artifact cache (mobench.training.dpo).
+DPO budget keys given as options (``-o steps=8``) override the task's expert budget for a run.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ class RewardedSoups:
     name = "rewarded-soups"
     batch_preferences = False  # one merged model per grid point: nothing to share across points
 
-    def __init__(self, **unknown: Any):
+    def __init__(self, **budget: Any):
+        from mobench.training.dpo import DPO_DEFAULTS
+
+        unknown = sorted(set(budget) - set(DPO_DEFAULTS))
         if unknown:
-            raise MobenchError(f"rewarded-soups takes no options (got {', '.join(sorted(unknown))})")
+            raise MobenchError(f"rewarded-soups has no option(s) {', '.join(unknown)}; it takes DPO budget keys {', '.join(sorted(DPO_DEFAULTS))}")
+        self.budget_overrides = budget
         self.task: TaskInstance | None = None
         self.context = RunContext()
         self.experts: dict[str, Any] = {}
 
     def prepare(self, task: TaskInstance, context: RunContext) -> None:
-        from mobench.training.dpo import load_expert_policy
+        from mobench.training.dpo import load_expert_policy, with_dpo_budget
 
+        # -o steps=8 ...: a different expert budget, hence different (separately cached) experts
+        task = with_dpo_budget(task, self.budget_overrides)
         self.task, self.context = task, context
         self.model, self.tokenizer, self.experts = load_expert_policy(task, context)
 

@@ -191,3 +191,18 @@ def test_long_prompts_keep_their_end_and_leave_room_for_completions(smol_tokeniz
     assert len(smol_tokenizer(cut.prompt, add_special_tokens=False)["input_ids"]) + longest + 1 <= 64 + 1
     short = PreferencePair("Hi there", " yes", " no")
     assert truncate_prompts([short], smol_tokenizer, max_length=64) == [short]
+
+
+def test_budget_overrides_make_other_experts(data_dir, tmp_path, smol_tokenizer):
+    from mobench.api import MobenchError
+    from mobench.training.dpo import dpo_budget, expert_key, with_dpo_budget
+
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    assert with_dpo_budget(task, {}) is task
+    fewer = with_dpo_budget(task, {"steps": "1"})  # CLI options may arrive as text
+    assert dpo_budget(fewer)["steps"] == "1" and dpo_budget(task)["steps"] == 2  # the task itself is untouched
+    ctx = RunContext(seed=0, device="cpu")
+    assert expert_key(fewer, "harmless", ctx)["hyper"]["steps"] == 1
+    assert expert_key(fewer, "harmless", ctx) != expert_key(task, "harmless", ctx)
+    with pytest.raises(MobenchError, match="unknown DPO budget key"):
+        with_dpo_budget(task, {"epochs": 3})

@@ -47,6 +47,7 @@ def test_bad_options_and_preferences(tmp_path, monkeypatch):
 
     with pytest.raises(MobenchError, match="no option"):
         LogitEnsemble(top_k=3)
+    assert LogitEnsemble(steps=3).budget_overrides == {"steps": 3}
     with pytest.raises(MobenchError, match="max_rows must be >= 1"):
         LogitEnsemble(max_rows=0)
     with pytest.raises(MobenchError, match="before prepare"):

@@ -46,6 +46,19 @@ def dpo_budget(task: TaskInstance) -> dict[str, Any]:
     return {**DPO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
 
 
+def with_dpo_budget(task: TaskInstance, overrides: dict[str, Any]) -> TaskInstance:
+    """A copy of ``task`` whose DPO budget has ``overrides`` (method options such as -o steps=8); unknown keys: MobenchError."""
+    import dataclasses
+
+    unknown = sorted(set(overrides) - set(DPO_DEFAULTS))
+    if unknown:
+        raise MobenchError(f"unknown DPO budget key(s) {', '.join(unknown)}; known: {', '.join(sorted(DPO_DEFAULTS))}")
+    if not overrides:
+        return task
+    budgets = {**task.budgets, "dpo": {**(task.budgets.get("dpo") or {}), **overrides}}
+    return dataclasses.replace(task, budgets=budgets)
+
+
 def policy_fingerprint(policy: str) -> dict[str, Any]:
     """What identifies the base model in a key: the alias or hub id, or a local folder's file contents."""
     if not os.path.isdir(policy):
