@@ -67,7 +67,7 @@ def test_choose_k_takes_a_weighted_objective_with_pairs():
         choose_k((1.0, 0.0), ["a", "b"], {"b": [1]})
 
 
-def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None):
+def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None, **kwargs):
     """A trl DPOTrainer (margins None) or a MODPO trainer on a fresh micro model with a non-zero LoRA adapter."""
     from peft import LoraConfig
     from trl import DPOTrainer
@@ -83,7 +83,7 @@ def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None)
     model = micro_causal_lm(smol_tokenizer, seed=0)
     if margins is None:
         return DPOTrainer(model=model, args=config, train_dataset=pairs_dataset(pairs), processing_class=smol_tokenizer, peft_config=peft)
-    return modpo_trainer(model, smol_tokenizer, pairs, margins, w_k, config, peft_config=peft)
+    return modpo_trainer(model, smol_tokenizer, pairs, margins, w_k, config, peft_config=peft, **kwargs)
 
 
 def _losses(trainer):
@@ -106,8 +106,11 @@ def test_modpo_loss_is_trl_dpo_loss_with_beta_over_w_k_and_the_margin(smol_token
     modpo = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=1.0, tmp_path=tmp_path))
     assert modpo == pytest.approx(dpo, abs=1e-6)
 
-    # w_k = 0.5 with zero margins: trl's DPO loss with beta / w_k.
-    modpo_half = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=0.5, tmp_path=tmp_path))
+    # w_k = 0.5 with zero margins: trl's DPO loss with beta / w_k (reference log-probs reused from a cache).
+    cache = {}
+    _trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=1.0, tmp_path=tmp_path, reference_cache=cache)
+    assert len(cache["train"]) == 4
+    modpo_half = _losses(_trainer(smol_tokenizer, pairs, BETA, margins=[0.0] * 4, w_k=0.5, tmp_path=tmp_path, reference_cache=cache))
     dpo_double = _losses(_trainer(smol_tokenizer, pairs, 2 * BETA, tmp_path=tmp_path))
     assert modpo_half == pytest.approx(dpo_double, abs=1e-6)
     assert modpo_half != pytest.approx(dpo, abs=1e-4)

@@ -72,7 +72,7 @@ def _trainer_class():
     class ModpoTrainer(DPOTrainer):
         """DPOTrainer whose loss is MODPO's: beta / w_k and reference log-probs shifted by the margin / beta."""
 
-        def __init__(self, *args, w_k: float, **kwargs):
+        def __init__(self, *args, w_k: float, reference_cache: dict | None = None, **kwargs):
             config = kwargs["args"]
             if not 0 < w_k <= 1:
                 raise MobenchError(f"modpo needs 0 < w_k <= 1, got {w_k}")
@@ -80,13 +80,24 @@ def _trainer_class():
                 raise MobenchError("modpo builds on trl's plain sigmoid DPO loss (loss_type=sigmoid, reverse KL, no ld_alpha, no weighting)")
             self.modpo_beta = float(config.beta)
             self.w_k = float(w_k)
+            self.reference_cache = reference_cache
             # The margin enters through the precomputed reference log-probs; it must be precomputed.
             config.precompute_ref_log_probs = True
             config.beta = self.modpo_beta / self.w_k
             super().__init__(*args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+            from datasets import concatenate_datasets
+
+            columns = ["ref_chosen_logps", "ref_rejected_logps"]
+            cached = (self.reference_cache or {}).get(name)
+            if cached is not None and len(cached) == len(dataset):
+                # Same pairs, same frozen reference: the log-probs of an earlier grid point are valid here.
+                dataset = concatenate_datasets([dataset, cached], axis=1)
+            else:
+                dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+                if self.reference_cache is not None:
+                    self.reference_cache[name] = dataset.select_columns(columns).flatten_indices()
             if "margin" not in dataset.column_names:
                 raise MobenchError(f"the {name} dataset of modpo has no 'margin' column")
             beta = self.modpo_beta
@@ -192,13 +203,17 @@ def implicit_differences(
 
 
 class MarginSource:
-    """Per-objective margin differences on the pairs of objective k, computed once per (k, j) and remembered."""
+    """Per-objective margin differences on the pairs of objective k, computed once per (k, j) and remembered.
+
+    It also keeps the reference log-probs of each k's pairs (``reference``), shared by every grid point with that k.
+    """
 
     def __init__(self, task: TaskInstance, context: RunContext | None, source: str):
         if source not in MARGIN_SOURCES:
             raise MobenchError(f"modpo margin must be one of {', '.join(MARGIN_SOURCES)}, not {source!r}")
         self.task, self.context, self.source = task, context, source
         self._cache: dict[tuple[str, str], list[float]] = {}
+        self.reference: dict[tuple, dict] = {}
 
     def differences(self, k: str, others: Sequence[str], pairs: Sequence[PreferencePair]) -> dict[str, list[float]]:
         """d_j per pair for each j in ``others``, as z-scores ("scores") or expert implicit rewards ("implicit")."""
@@ -288,7 +303,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     import torch
 
     from mobench.models import load_causal_lm
-    from mobench.training.common import lora_config, progress_callback, resolve_device
+    from mobench.training.common import data_hash, lora_config, progress_callback, resolve_device
     from mobench.training.dpo import _completion_positions_only, _truncate_prompts
 
     budget = modpo_budget(task)
@@ -314,6 +329,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
             dpo_config(budget, scratch, seed, device),
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, label)],
+            reference_cache=margins.reference.setdefault((names[k], data_hash(pairs), int(budget["max_length"])), {}),
         )
         _quiet(trainer)
         start = time.perf_counter()
