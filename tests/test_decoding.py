@@ -129,3 +129,37 @@ def test_progress_and_generate_responses(setup):
     want = tok.batch_decode(hf_greedy(model, tok, prompts, "harmless", 5), skip_special_tokens=True)
     assert texts == want
     assert [(s.total, s.done, s.closed) for s in steps] == [(3, 3, True)]
+
+
+def test_rows_sharing_a_prompt_share_its_prefill(setup):
+    from mobench.decoding.loop import DecodeSettings, ModelScorer, decode_tokens, logit_ensemble
+
+    model, tok, prompts, _ = setup
+
+    class Counting(ModelScorer):
+        def __call__(self, input_ids, attention_mask, position_ids):
+            self.batches.append(input_ids.shape[0])
+            return super().__call__(input_ids, attention_mask, position_ids)
+
+    class NoSharing:  # a scorer without select_rows (e.g. per-row merged weights): every row prefills
+        def __init__(self, inner):
+            self.inner, self.model = inner, inner.model
+
+        def reset(self):
+            self.inner.reset()
+
+        def __call__(self, *args):
+            return self.inner(*args)
+
+    grid = ([1.0, 0.0], [0.3, 0.7], [0.0, 1.0])
+    rows = [p for p in prompts for _ in grid]  # prompt-major, as the logit-ensemble plugin orders them
+    weights = [w for _ in prompts for w in grid]
+    settings = DecodeSettings(max_new_tokens=5, batch_size=9)
+    counting = [Counting(model, a) for a in EXPERTS]
+    for c in counting:
+        c.batches = []
+    shared = decode_tokens(counting, logit_ensemble, tok, rows, weights, settings, [-1])
+    assert [c.batches[0] for c in counting] == [3, 3]  # 3 prompts prefilled once each, for 9 rows
+    assert counting[0].batches[1:] == [9] * 4
+    plain = decode_tokens([NoSharing(ModelScorer(model, a)) for a in EXPERTS], logit_ensemble, tok, rows, weights, settings, [-1])
+    assert shared == plain

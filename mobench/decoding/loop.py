@@ -38,6 +38,15 @@ class ModelScorer:
         """Drop the cache (a new batch of rows starts)."""
         self.cache = None
 
+    def select_rows(self, index) -> None:
+        """Keep (and repeat) cache rows by ``index``: a prompt prefilled once serves every row that shares it.
+
+        Only scorers whose output depends on the tokens alone may have this method; one with per-row
+        state (e.g. per-row merged weights) must not, and the loop then prefills every row itself.
+        """
+        if self.cache is not None:
+            self.cache.batch_select_indices(index)
+
     def __call__(self, input_ids, attention_mask, position_ids):
         """Feed the new tokens (the prompt first, then one token per row) and return log-probs [rows, V]."""
         import contextlib
@@ -137,7 +146,11 @@ def decode_tokens(
         for start in range(0, len(prompts), step_size):
             chunk = list(prompts[start : start + step_size])
             w = torch.tensor([list(x) for x in weights[start : start + step_size]], dtype=torch.float32, device=device)
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            # Rows that share a prompt (one prompt at several grid points) share its prefill, when every
+            # scorer can copy cache rows: the prompt costs one forward per scorer, not one per grid point.
+            unique = list(dict.fromkeys(chunk))
+            share = len(unique) < len(chunk) and all(hasattr(s, "select_rows") for s in scorers)
+            enc = tokenizer(unique if share else chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             mask = enc["attention_mask"]
             # Positions count real tokens only (as generate does), so left padding does not shift them.
             position = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -146,6 +159,13 @@ def decode_tokens(
             for s in scorers:
                 s.reset()
             logprobs = [s(enc["input_ids"], mask, position) for s in scorers]
+            if share:
+                where = {p: i for i, p in enumerate(unique)}
+                index = torch.tensor([where[p] for p in chunk], device=device)
+                for s in scorers:
+                    s.select_rows(index)
+                logprobs = [lp[index] for lp in logprobs]
+                mask, position = mask[index], position[index]
             finished = torch.zeros(len(chunk), dtype=torch.bool, device=device)
             tokens = []
             for t in range(int(settings.max_new_tokens)):
