@@ -46,9 +46,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_id(config: RunConfig, preferences: list[Preference]) -> str:
-    """A readable, deterministic id: the same command gives the same id, so it resumes."""
+def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance | None = None) -> str:
+    """A readable, deterministic id: the same command gives the same id, so it resumes.
+
+    The task's prompts, decoding settings, budgets and calibration are part of the identity, so a
+    changed budget or calibration starts a new run instead of resuming rows made under the old one.
+    """
+    fingerprint = None
+    if task is not None:
+        fingerprint = {
+            "policy": task.policy,
+            "prompts": hashlib.sha256("\x1e".join(task.prompts).encode()).hexdigest(),
+            "generation": task.generation,
+            "budgets": task.budgets,
+            "normalisation": {k: asdict(v) for k, v in task.normalisation.items()},
+            "reference_point": list(task.reference_point),
+        }
     identity = {
+        "task_fingerprint": fingerprint,
         "method": config.method,
         "task": config.task,
         "scale": config.scale,
@@ -57,7 +72,7 @@ def run_id(config: RunConfig, preferences: list[Preference]) -> str:
         "seed": config.seed,
         "options": config.options,
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{config.scale}-s{config.seed}-{digest}"
 
 
@@ -159,7 +174,7 @@ def execute(
     prompts = task.prompts[: config.limit] if config.limit else list(task.prompts)
     preferences = saved_grid or resolve_preferences(config, len(task.objectives), task.grid_points)
 
-    rid = resume or run_id(config, preferences)
+    rid = resume or run_id(config, preferences, task)
     run = store.run(config.task, config.method, rid)
     if run.manifest_path.exists():
         manifest = run.read_manifest()

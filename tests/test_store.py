@@ -109,3 +109,19 @@ def test_partial_last_line_from_a_killed_writer_is_isolated(tmp_path):
         fh.write(b'{"preference_key": "b", "att')  # a writer died here
     run.append_point({"preference_key": "c", "attempt": "2"}, [])
     assert [r["preference_key"] for r in run.rows()] == ["a", "c"]
+
+
+def test_run_id_changes_with_the_task_budget_so_stale_rows_are_never_resumed():
+    from mobench.api import Normalisation, TaskInstance
+    from mobench.grid import simplex_grid
+    from mobench.runner import RunConfig, run_id
+
+    def task(steps):
+        return TaskInstance(name="t", scale="tiny", policy="p", objectives=[], prompts=["a", "b"],
+                            normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,),
+                            budgets={"dpo": {"steps": steps}})
+
+    config, grid = RunConfig(method="m", task="t"), simplex_grid(2, 3)
+    assert run_id(config, grid, task(32)) == run_id(config, grid, task(32))
+    assert run_id(config, grid, task(32)) != run_id(config, grid, task(4))
+    assert run_id(config, grid, task(32)).startswith("tiny-s0-")
