@@ -81,7 +81,6 @@ def _measure(args) -> dict:
     model, tok, names, device = _setup(args)
     prompts = _prompts(tok, args.prompts)
     n_new, bs = args.max_new_tokens, args.batch_size
-    settings = DecodeSettings(max_new_tokens=n_new, batch_size=bs, seed=args.seed)
     no_eos = [-1]
 
     def hf_generate(rows):

@@ -103,7 +103,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--device", args.device,
                "--batch", str(args.batch), "--max-new-tokens", str(args.max_new_tokens), "--top-k", str(args.top_k),
                "--lora-r", str(args.lora_r)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:  # say which variant failed and why, not only "exit status 1"
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            sys.exit(f"bench/mage.py: variant {variant!r} failed (exit {proc.returncode}):\n{tail}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps({"model": args.model, "device": args.device, "batch": args.batch,
                       "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "results": results}, indent=2))

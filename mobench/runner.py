@@ -278,6 +278,11 @@ def execute(
     finally:
         if point_step:
             point_step.close()
+        # Again at the end: methods that train per point (MORLHF, MODPO) know their policies only now.
+        try:
+            run.update_manifest(method_provenance=method.provenance())
+        except Exception as err:  # never let provenance hide the generation error being raised
+            say(f"warning: {config.method}.provenance() failed at the end of the run: {err}")
     complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
     run.update_manifest(status="complete" if complete else "partial", finished_at=_now())
     return result

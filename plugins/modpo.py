@@ -46,8 +46,7 @@ class Modpo:
         self.margins = MarginSource(task, context, self.margin)
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding.generate import generate_responses
-        from mobench.training.common import load_policy_with_adapters, resolve_device
+        from mobench.decoding.generate import generate_with_adapter
         from mobench.training.modpo import train_modpo_policy
 
         if self.task is None:
@@ -56,23 +55,7 @@ class Modpo:
         for preference in preferences:
             path = train_modpo_policy(self.task, preference.weights, self.margins, self.context)
             self.policies[preference.key] = str(path)
-            model, tok = load_policy_with_adapters(self.task.policy, {"modpo": path}, resolve_device(self.context))
-            model = model.merge_and_unload()  # one policy per point: merged weights decode faster
-            gen = self.task.generation
-            out.append(
-                generate_responses(
-                    model,
-                    tok,
-                    prompts,
-                    max_new_tokens=gen.get("max_new_tokens", 64),
-                    do_sample=gen.get("do_sample", False),
-                    temperature=gen.get("temperature", 1.0),
-                    batch_size=gen.get("batch_size", 8),
-                    seed=self.context.seed,
-                    progress=self.context.progress,
-                    description=f"MODPO generating w=({preference.key})",
-                )
-            )
+            out.append(generate_with_adapter(self.task, path, prompts, self.context, f"MODPO generating w=({preference.key})"))
         return out
 
     def provenance(self) -> dict[str, Any]:

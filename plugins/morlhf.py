@@ -41,8 +41,7 @@ class Morlhf:
         training_prompts(task, budget["n_prompts"], context.seed, budget["max_prompt_chars"])  # fail now, not later
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding.generate import generate_responses
-        from mobench.training.common import load_policy_with_adapters, resolve_device
+        from mobench.decoding.generate import generate_with_adapter
         from mobench.training.rl import train_rl_policy
 
         if self.task is None:
@@ -51,23 +50,7 @@ class Morlhf:
         for preference in preferences:
             path = train_rl_policy(self.task, preference.weights, self.context)
             self.policies[preference.key] = str(path)
-            model, tok = load_policy_with_adapters(self.task.policy, {"morlhf": path}, resolve_device(self.context))
-            model = model.merge_and_unload()  # one policy per point: merged weights decode faster
-            gen = self.task.generation
-            out.append(
-                generate_responses(
-                    model,
-                    tok,
-                    prompts,
-                    max_new_tokens=gen.get("max_new_tokens", 64),
-                    do_sample=gen.get("do_sample", False),
-                    temperature=gen.get("temperature", 1.0),
-                    batch_size=gen.get("batch_size", 8),
-                    seed=self.context.seed,
-                    progress=self.context.progress,
-                    description=f"MORLHF generating w=({preference.key})",
-                )
-            )
+            out.append(generate_with_adapter(self.task, path, prompts, self.context, f"MORLHF generating w=({preference.key})"))
         return out
 
     def provenance(self) -> dict[str, Any]:

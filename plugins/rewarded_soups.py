@@ -39,32 +39,18 @@ class RewardedSoups:
         self.model, self.tokenizer, self.experts = load_expert_policy(task, context)
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding.generate import generate_responses
+        from mobench.decoding.generate import generate_for_task
         from mobench.merging import merge_lora_adapters
 
         if self.task is None:
             raise MobenchError("rewarded-soups.generate called before prepare")
         names = list(self.experts)
-        gen = self.task.generation
         out = []
         for preference in preferences:
             if len(preference) != len(names):
                 raise MobenchError(f"preference {preference.key} has {len(preference)} weights for {len(names)} experts")
             merge_lora_adapters(self.model, names, preference.weights)
-            out.append(
-                generate_responses(
-                    self.model,
-                    self.tokenizer,
-                    prompts,
-                    max_new_tokens=gen.get("max_new_tokens", 64),
-                    do_sample=gen.get("do_sample", False),
-                    temperature=gen.get("temperature", 1.0),
-                    batch_size=gen.get("batch_size", 8),
-                    seed=self.context.seed,
-                    progress=self.context.progress,
-                    description=f"rewarded-soups w=({preference.key})",
-                )
-            )
+            out.append(generate_for_task(self.model, self.tokenizer, prompts, self.task, self.context, f"rewarded-soups w=({preference.key})"))
         return out
 
     def provenance(self) -> dict[str, Any]:

@@ -23,6 +23,8 @@ def test_run_writes_manifest_rows_and_generations(tmp_path):
     for lib in ("mobench", "torch", "transformers", "trl", "peft", "datasets", "pymoo"):
         assert lib in manifest["versions"]
     assert "cpu_count" in manifest["machine"] and manifest["started_at"] and manifest["finished_at"]
+    # The method's provenance is recorded again after generation (per-point policies are known only then).
+    assert manifest["method_provenance"]["generated"] == ["0.000000,1.000000", "0.500000,0.500000", "1.000000,0.000000"]
     rows = [json.loads(line) for line in (run / "rows.jsonl").read_text().splitlines()]
     assert [r["weights"] for r in rows] == manifest["grid"]
     # letters answers round(10 w_1) 'a' and round(10 w_2) 'b': the means are known by hand

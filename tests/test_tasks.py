@@ -9,7 +9,6 @@ import pytest
 
 from mobench.api import MobenchError, RunContext
 from mobench.tasks import _calibration, hh, summarize
-from mobench.tasks._common import CALIBRATING
 
 DPO_KEYS = {"steps", "batch_size", "learning_rate", "beta", "max_length", "lora_r", "n_pairs"}
 RL_KEYS = {"steps", "batch_size", "num_generations", "max_new_tokens", "learning_rate", "beta_kl", "lora_r", "n_prompts"}

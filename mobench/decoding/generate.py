@@ -51,3 +51,28 @@ def generate_responses(
         if bar is not None:
             bar.close()
     return out
+
+
+def generate_for_task(model, tokenizer, prompts: Sequence[str], task, context, description: str) -> list[str]:
+    """generate_responses with the task's decoding settings (task.generation) and the run's seed and progress."""
+    gen = task.generation
+    return generate_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=gen.get("max_new_tokens", 64),
+        do_sample=gen.get("do_sample", False),
+        temperature=gen.get("temperature", 1.0),
+        batch_size=gen.get("batch_size", 8),
+        seed=context.seed,
+        progress=context.progress,
+        description=description,
+    )
+
+
+def generate_with_adapter(task, adapter_path, prompts: Sequence[str], context, description: str) -> list[str]:
+    """Decode ``prompts`` with the task policy plus one LoRA adapter (merged into the weights: one policy per point)."""
+    from mobench.training.common import load_policy_with_adapters, resolve_device
+
+    model, tok = load_policy_with_adapters(task.policy, {"policy": adapter_path}, resolve_device(context))
+    return generate_for_task(model.merge_and_unload(), tok, prompts, task, context, description)

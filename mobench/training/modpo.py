@@ -303,7 +303,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     import torch
 
     from mobench.models import load_causal_lm
-    from mobench.training.common import data_hash, lora_config, progress_callback, resolve_device
+    from mobench.training.common import data_hash, lora_config, progress_callback, silence_console, resolve_device
     from mobench.training.dpo import _completion_positions_only, _truncate_prompts
 
     budget = modpo_budget(task)
@@ -331,7 +331,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
             callbacks=[progress_callback(context, label)],
             reference_cache=margins.reference.setdefault((names[k], data_hash(pairs), int(budget["max_length"])), {}),
         )
-        _quiet(trainer)
+        silence_console(trainer)
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
@@ -357,10 +357,3 @@ def train_modpo_policy(task: TaskInstance, weights: Sequence[float], margins: Ma
 
     key = policy_key(task, weights, margins, context)
     return get_or_build(MODPO_KIND, key, lambda out: _train(task, weights, margins, context, out))
-
-
-def _quiet(trainer) -> None:
-    # With tqdm off, transformers prints every log dict to stdout; progress goes through context.progress.
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)

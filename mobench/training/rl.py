@@ -183,7 +183,7 @@ def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | N
     from trl import RLOOTrainer
 
     from mobench.models import load_causal_lm
-    from mobench.training.common import lora_config, progress_callback, resolve_device
+    from mobench.training.common import lora_config, progress_callback, silence_console, resolve_device
 
     budget = rl_budget(task)
     device = resolve_device(context)
@@ -205,7 +205,7 @@ def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | N
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, label)],
         )
-        _quiet(trainer)
+        silence_console(trainer)
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
@@ -229,10 +229,3 @@ def train_rl_policy(task: TaskInstance, weights: Sequence[float], context: RunCo
 
     key = policy_key(task, weights, context)
     return get_or_build(RL_KIND, key, lambda out: _train(task, weights, context, out))
-
-
-def _quiet(trainer) -> None:
-    # With tqdm off, transformers prints every log dict to stdout; progress goes through context.progress.
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)

@@ -46,16 +46,18 @@ class Letters:
 
     def prepare(self, task, context):
         self.sleep = float(os.environ.get("MOBENCH_TOY_SLEEP", "0"))
+        self.generated = []
 
     def generate(self, prompts, preferences):
         out = []
         for p in preferences:
             time.sleep(self.sleep)
+            self.generated.append(p.key)
             out.append(["a" * round(10 * p[0]) + "b" * round(10 * p[1]) for _ in prompts])
         return out
 
     def provenance(self):
-        return {"kind": "test-only"}
+        return {"kind": "test-only", "generated": list(self.generated)}
 
 
 @hookimpl
