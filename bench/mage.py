@@ -50,7 +50,6 @@ def run_variant(args) -> dict:
 
     from mobench.api import Preference
     from mobench.bonesoup import bone_soup_coefficients
-    from mobench.decoding.generate import generate_responses
     from mobench.mage.decoder import MageDecoder, MageSettings
     from mobench.merging import merge_lora_adapters
 
@@ -61,23 +60,30 @@ def run_variant(args) -> dict:
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "batch_size": args.batch}
     if args.variant == "generate":
         merge_lora_adapters(model, ["bone0", "bone1"], bone_soup_coefficients(pref.weights, 0.7), name="base")
-        fn = lambda: generate_responses(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch)
+        model = model.merge_and_unload()  # the base alone, decoded the cheapest way: soup merged into the weights
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+
+        def fn():  # every variant makes exactly max_new_tokens per row (EOS suppressed), so tokens/s compare
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                                     do_sample=False, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+            return ids[:, enc["input_ids"].shape[1]:].tolist()
     else:
         proxy = "ensemble" if args.variant == "mage-ensemble" else "merged"
         decoder = MageDecoder(model, tok, MageSettings(proxy=proxy, top_k=args.top_k), ["bone0", "bone1"],
                               ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
-        fn = lambda: decoder.generate(prompts, [pref], gen)[0]
+        fn = lambda: decoder.generate(prompts, [pref], gen, eos_token_ids=[-1])[0]
     if str(args.device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     fn()  # warm-up
     if str(args.device).startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    texts = fn()
+    fn()
     if str(args.device).startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    tokens = args.batch * args.max_new_tokens  # fixed length: EOS is suppressed in every variant
     out = {"variant": args.variant, "seconds": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 2),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if str(args.device).startswith("cuda"):

@@ -116,8 +116,11 @@ class MageDecoder:
                 scorer.coefficients = None
 
     def generate(self, prompts: Sequence[str], preferences: Sequence[Preference], generation: dict, seed: int = 0,
-                 progress: Progress | None = None) -> list[list[str]]:
-        """Responses per preference (in order), each one per prompt; all (prompt, preference) rows batched."""
+                 progress: Progress | None = None, eos_token_ids: Sequence[int] | None = None) -> list[list[str]]:
+        """Responses per preference (in order), each one per prompt; all (prompt, preference) rows batched.
+
+        ``eos_token_ids`` (default: the model's) end a row; [-1] never ends one (fixed-length runs for bench/).
+        """
         from mobench.decoding.loop import DecodeSettings, decode
 
         settings = DecodeSettings.from_task(generation, seed)
@@ -132,7 +135,8 @@ class MageDecoder:
             self._set_rows([mu for _, mu in chunk])
             # One loop call per chunk: its rows' coefficients are fixed for the chunk; seeded per chunk.
             chunk_settings = DecodeSettings(settings.max_new_tokens, settings.do_sample, settings.temperature, len(chunk), settings.seed + start)
-            texts.extend(decode(self.scorers, self.combiner, self.tokenizer, [p for p, _ in chunk], [mu for _, mu in chunk], chunk_settings))
+            texts.extend(decode(self.scorers, self.combiner, self.tokenizer, [p for p, _ in chunk], [mu for _, mu in chunk], chunk_settings,
+                                eos_token_ids))
             if bar is not None:
                 bar.advance(len(chunk))
         if bar is not None:
