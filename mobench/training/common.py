@@ -169,6 +169,16 @@ def completion_positions_only():
         trl_utils._use_triton = original
 
 
+def checkpointing_kwarg(config_cls, enabled: bool = False) -> dict[str, bool]:
+    """{name: enabled} for a trl config's activation-checkpointing switch under its current name.
+
+    transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on the old name;
+    trl 1.x turns it on by default, which at this model size only costs time.
+    """
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: bool(enabled)}
+
 def silence_console(trainer):
     """Drop transformers' console printers (log dicts, tqdm): progress goes to context.progress instead."""
     from transformers import PrinterCallback, ProgressCallback

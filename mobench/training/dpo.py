@@ -14,6 +14,7 @@ from mobench.api import MobenchError, RunContext, TaskInstance
 from mobench.training.common import (
     TRAINING_LIBRARIES,
     completion_positions_only,
+    checkpointing_kwarg,
     data_hash,
     lora_config,
     lora_key,
@@ -129,8 +130,6 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
     model, tok = load_causal_lm(task.policy, device=device)
     pairs = truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]))
     on_cuda = str(device).startswith("cuda")
-    fields = getattr(DPOConfig, "__dataclass_fields__", {})
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch, quiet_datasets():
         args = DPOConfig(
             output_dir=scratch,
@@ -141,9 +140,7 @@ def _train(task: TaskInstance, objective: str, context: RunContext | None, out: 
             max_length=int(budget["max_length"]),
             seed=seed,
             data_seed=seed,
-            # trl 1.x turns activation checkpointing on by default; at this size it only costs time
-            # (transformers 5 renamed gradient_checkpointing, and warns on the old name).
-            **{checkpointing: False},
+            **checkpointing_kwarg(DPOConfig, False),
             bf16=on_cuda,
             use_cpu=not on_cuda,
             report_to="none",

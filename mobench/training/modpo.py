@@ -124,6 +124,8 @@ def dpo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
     """trl's DPOConfig for a MODPO (or DPO) run from a budget dict, on ``device``."""
     from trl import DPOConfig
 
+    from mobench.training.common import checkpointing_kwarg
+
     on_cuda = str(device).startswith("cuda")
     return DPOConfig(
         output_dir=output_dir,
@@ -140,8 +142,7 @@ def dpo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
         data_seed=int(seed),
         bf16=on_cuda,
         use_cpu=not on_cuda,
-        # Small models on CPU: recomputing activations costs time and saves memory we do not need.
-        gradient_checkpointing=bool(budget.get("gradient_checkpointing", False)),
+        **checkpointing_kwarg(DPOConfig, budget.get("gradient_checkpointing", False)),
         save_strategy="no",
         report_to="none",
         logging_steps=max(1, int(budget["steps"]) // 4),

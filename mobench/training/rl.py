@@ -111,6 +111,8 @@ def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str)
     """trl's RLOOConfig from a budget: batch_size completions (num_generations per prompt) per optimiser step."""
     from trl import RLOOConfig
 
+    from mobench.training.common import checkpointing_kwarg
+
     on_cuda = str(device).startswith("cuda")
     generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
     return RLOOConfig(
@@ -126,8 +128,7 @@ def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str)
         data_seed=int(seed),
         bf16=on_cuda,
         use_cpu=not on_cuda,
-        # Small models: recomputing activations costs time and saves memory we do not need.
-        gradient_checkpointing=bool(budget.get("gradient_checkpointing", False)),
+        **checkpointing_kwarg(RLOOConfig, budget.get("gradient_checkpointing", False)),
         disable_dropout=True,
         save_strategy="no",
         report_to="none",
