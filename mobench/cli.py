@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -21,21 +22,35 @@ def _stderr():
 
 
 class RichProgress:
-    """The runner's progress reporter: one rich bar per long step (grid points, training, generation)."""
+    """The runner's progress reporter: one rich bar per long step (grid points, training, generation).
 
-    def __init__(self, progress):
+    Where stderr is not a terminal (a log file, CI) rich draws no bars, so each step logs one line when it
+    starts and one when it ends, with its count and seconds: a long CPU run's log says where it is.
+    """
+
+    def __init__(self, progress, log: bool = False):
         self._progress = progress
+        self._log = log
 
     def step(self, description: str, total: int | None = None):
         task_id = self._progress.add_task(description, total=total)
-        progress = self._progress
+        progress, log = self._progress, self._log
+        started = time.perf_counter()
+        if log:
+            progress.console.log(f"{description}: started" + (f" ({total})" if total is not None else ""))
 
         class _Step:
+            done = 0
+
             def advance(self, n: int = 1) -> None:
+                self.done += n
                 progress.advance(task_id, n)
 
             def close(self) -> None:
                 progress.update(task_id, visible=False)
+                if log:
+                    count = f"{self.done}/{total}" if total is not None else str(self.done)
+                    progress.console.log(f"{description}: {count} in {time.perf_counter() - started:.1f} s")
 
         return _Step()
 
@@ -86,7 +101,7 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
     console = _stderr()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        context = RunContext(seed=seed, device=device, progress=RichProgress(progress), options=parsed)
+        context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal), options=parsed)
         result = execute(config, _registry(ctx), Store(results), context, resume=resume, on_event=lambda m: console.log(m))
     click.echo(
         f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "

@@ -16,6 +16,8 @@ def run_toy(results, *extra, env=None):
 def test_run_writes_manifest_rows_and_generations(tmp_path):
     proc = run_toy(tmp_path / "res", "--grid", "3")
     assert proc.returncode == 0, proc.stderr
+    # stderr is a pipe, not a terminal: each progress step logs its start and its count and seconds
+    assert "grid points: started (3)" in proc.stderr and "grid points: 3/3 in " in proc.stderr
     [run] = list((tmp_path / "res" / "toy" / "letters").iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == 0
