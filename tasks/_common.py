@@ -14,7 +14,7 @@ CALIBRATING = "calibrating"
 
 TINY_BUDGETS = {
     # Measured on an idle 2-core CPU (2026-11-23): one hh DPO expert (r=16, batch 8, 32 steps, max_length 256)
-    # trains in 1,034 s (~32 s a step, compute-bound: ~4 TFLOP a step); an RLOO policy (8 steps) in ~150 s.
+    # trains in 1,034 s (~32 s a step); an hh RLOO policy (8 steps) in ~150 s.
     "dpo": {"steps": 32, "batch_size": 8, "learning_rate": 5e-4, "beta": 0.1, "max_length": 256, "lora_r": 16, "n_pairs": 256},
     "rl": {"steps": 8, "batch_size": 8, "num_generations": 4, "max_new_tokens": 32, "learning_rate": 1e-4,
            "beta_kl": 0.05, "lora_r": 16, "n_prompts": 64},
