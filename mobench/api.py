@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 SCALES = ("tiny", "paper")
 
@@ -54,17 +54,22 @@ class Preference:
 class Objective(Protocol):
     """One thing a response is scored on.
 
-    ``direction`` is +1 when higher is better and -1 when lower is better. ``score`` is batched and
-    returns one float per (prompt, response) pair. ``provenance`` says where the scorer came from
-    (model, data, accuracy) and is written into the run manifest.
+    Build objectives through the registry (``context.objective(name, scale)`` in a task's ``load``): the
+    registered :class:`ObjectiveSpec` is the one place that declares an objective's name and direction.
     """
 
+    #: The registered name (lower-case letters, digits, '-', '_' or '.').
     name: str
+    #: +1 when a higher score is better, -1 when a lower score is better.
     direction: int
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One raw score per (templated prompt, response) pair, batched, in order."""
+        ...
 
-    def provenance(self) -> dict[str, Any]: ...
+    def provenance(self) -> dict[str, Any]:
+        """Where the scorer came from (model, data, held-out accuracy), written into every manifest."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,60 @@ class Normalisation:
         return direction * (score - self.mean) / (self.std if self.std > 0 else 1.0)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """How a task's responses are decoded; the one place with defaults (every reader uses this class)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    batch_size: int = 8
+
+    @classmethod
+    def of(cls, value: "Generation | dict[str, Any] | None") -> "Generation":
+        """A Generation from itself, a dict of some of its fields (others default), or None (all defaults)."""
+        if isinstance(value, Generation):
+            return value
+        given = dict(value or {})
+        unknown = sorted(set(given) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise MobenchError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}")
+        g = cls(**given)
+        if g.max_new_tokens < 1 or g.batch_size < 1 or not g.temperature > 0:
+            raise MobenchError(f"generation settings out of range: {g}")
+        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for manifests and keys)."""
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                "temperature": self.temperature, "batch_size": self.batch_size}
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """The one digest of a list of prompts (run ids, manifests, calibration files, artifact keys)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
+
+
+Chat = list[dict[str, str]]
+
+
 @dataclass
 class TaskInstance:
     """What a task hands the runner and the methods for one scale.
 
-    ``prompts`` are already formatted for the policy (chat template applied). ``pairs`` maps an
-    objective name to its preference pairs, for methods that train. ``normalisation`` and
-    ``reference_point`` are fixed per task and scale (never derived from the runs being compared);
-    the reference point is in normalised space, one coordinate per objective. ``grid_points`` is the
-    scale's default points per simplex edge; ``generation`` holds decoding settings (max_new_tokens,
-    do_sample, temperature, batch_size); ``budgets`` holds training budgets per trainer ("dpo", "rl",
-    "value_head", ...), read by the methods.
+    ``prompts`` are formatted for the policy (chat template applied; :func:`mobench.toolkit.chat_prompts`
+    does it) and ``chats`` holds the same prompts as structured messages (``[{"role", "content"}]``), in
+    the same order, for scorers and methods that need the conversation rather than the templated text.
+    ``pairs`` maps an objective name to its preference pairs (prompts templated the same way), for methods
+    that train. ``normalisation`` and ``reference_point`` are fixed per task and scale (never derived from
+    the runs being compared); the reference point is in normalised space, one coordinate per objective.
+    Leave both empty and the core fills them from the task's calibration file (``mobench calibrate``).
+    ``grid_points`` is the scale's default points per simplex edge; ``generation`` the decoding settings
+    (a :class:`Generation`; a dict of its fields is converted). Training budgets are not the task's: each
+    method owns its own (see :mod:`mobench.options`).
     """
 
     name: str
@@ -105,81 +153,157 @@ class TaskInstance:
     policy: str
     objectives: list[Objective]
     prompts: list[str]
-    normalisation: dict[str, Normalisation]
-    reference_point: tuple[float, ...]
+    normalisation: dict[str, Normalisation] = field(default_factory=dict)
+    reference_point: tuple[float, ...] = ()
     pairs: dict[str, list[PreferencePair]] = field(default_factory=dict)
     grid_points: int = 3
-    generation: dict[str, Any] = field(default_factory=dict)
-    budgets: dict[str, Any] = field(default_factory=dict)
+    generation: Generation = field(default_factory=Generation)
     provenance: dict[str, Any] = field(default_factory=dict)
+    chats: list[Chat] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.generation = Generation.of(self.generation)
+        self.reference_point = tuple(float(x) for x in self.reference_point)
+        if self.chats and len(self.chats) != len(self.prompts):
+            raise MobenchError(f"task {self.name!r}: {len(self.chats)} chats for {len(self.prompts)} prompts")
 
     @property
     def objective_names(self) -> list[str]:
+        """The objectives' names, in the order of the preference weights."""
         return [o.name for o in self.objectives]
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether normalisation and reference point are set for every objective."""
+        return set(self.normalisation) == set(self.objective_names) and len(self.reference_point) == len(self.objectives)
 
 
 @dataclass
 class RunContext:
-    """What the runner gives a method besides the task: seed, device, cache and a progress reporter."""
+    """What the runner gives a task's ``load`` and a method besides the task.
+
+    ``seed``: the run's ``--seed`` (the runner has already seeded ``random``, numpy and torch with it before
+    ``prepare`` and before ``generate``); ``device``: ``--device`` or None (then cuda when visible, else
+    cpu); ``progress``: a reporter for long steps (None outside the CLI); ``registry``: the plugin
+    registry of this run, through which :meth:`objective` builds registered objectives.
+    """
 
     seed: int = 0
     device: str | None = None
     progress: "Progress | None" = None
-    options: dict[str, Any] = field(default_factory=dict)
+    registry: Any = None
+
+    def objective(self, name: str, scale: str = "tiny") -> Objective:
+        """The registered objective ``name`` at ``scale`` (a task's ``load`` gets its scorers this way)."""
+        if self.registry is None:
+            from mobench.plugins import get_plugin_manager
+
+            self.registry = get_plugin_manager().registry
+        return self.registry.build_objective(name, scale)
 
 
 class Progress(Protocol):
     """A progress reporter for long steps (training, generation)."""
 
-    def step(self, description: str, total: int | None = None) -> "ProgressStep": ...
+    def step(self, description: str, total: int | None = None) -> "ProgressStep":
+        """Start a step of ``total`` units (None: unknown); returns its handle."""
+        ...
 
 
 class ProgressStep(Protocol):
-    def advance(self, n: int = 1) -> None: ...
+    """One running step of a :class:`Progress`."""
 
-    def close(self) -> None: ...
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        ...
+
+    def close(self) -> None:
+        """End the step."""
+        ...
 
 
-class Method(Protocol):
+class Method:
     """A steering method: prepared once per task, then asked for responses at preference points.
 
-    ``generate`` receives the prompts and a list of preferences and returns, for each preference in
-    order, one response per prompt. The runner passes one preference at a time unless the method sets
-    ``batch_preferences = True``, in which case it passes all missing grid points at once.
+    Subclass it (or write a class with the same members). The core builds a method as ``factory(options)``
+    when the class declares ``Options`` (a :class:`mobench.options.Options` dataclass with a preset per
+    scale; ``mobench options NAME`` lists it), else as ``factory()``. The registered name is set on
+    ``name`` by the core. ``batch_preferences = True`` asks the runner to pass every missing grid point to
+    one ``generate`` call (methods that decode all points in one batch); else it passes one at a time.
     """
 
-    name: str
+    name: str = "method"
+    batch_preferences: bool = False
+    Options: ClassVar[type | None] = None
 
-    def prepare(self, task: TaskInstance, context: RunContext) -> None: ...
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else (type(self).Options() if type(self).Options else None)
+        self.task: TaskInstance | None = None
+        self.context: RunContext | None = None
 
-    def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]: ...
+    def prepare(self, task: TaskInstance, context: RunContext) -> None:
+        """Get ready for ``task``: train or load what the method needs (through the artifact cache).
 
-    def provenance(self) -> dict[str, Any]: ...
+        Called once per run, after the runner seeded everything from ``context.seed``. The base class keeps
+        ``task`` and ``context``; raise :class:`MobenchError` for a task the method cannot serve.
+        """
+        self.task, self.context = task, context
+
+    def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
+        """For each preference in order, one response (the new text only) per prompt."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the responses (options, trained pieces and their records), for the manifest.
+
+        Called after ``prepare`` and again after the last ``generate`` (per-point policies are known then).
+        """
+        return {"method": self.name, "options": _options_dict(self.options)}
+
+    def prepared(self) -> tuple[TaskInstance, RunContext]:
+        """``(task, context)``, or a MobenchError when ``generate`` is called before ``prepare``."""
+        if self.task is None or self.context is None:
+            raise MobenchError(f"{self.name}.generate called before prepare")
+        return self.task, self.context
+
+
+def _options_dict(options: Any) -> Any:
+    return options.to_dict() if hasattr(options, "to_dict") else options
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: a name, a factory building the Method, and a one-line description."""
+    """A registered method: a name, a factory building the Method, a description, fixed option values.
+
+    ``fixed`` holds option values the registration sets (an ablation registered under its own name, for
+    example); the user's ``-o`` can still override them.
+    """
 
     name: str
-    factory: Callable[..., Method]
+    factory: Callable[..., Any]
     description: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: a name, a loader ``load(scale, context) -> TaskInstance``, a description."""
+    """A registered task: a name, a loader ``load(scale, context) -> TaskInstance``, its objectives in order.
+
+    ``calibration`` is the JSON file that holds the task's normalisation and reference point per scale
+    (written by ``mobench calibrate --task NAME``); None puts it in the cache folder,
+    ``$MOBENCH_CACHE/calibration/NAME.json``.
+    """
 
     name: str
     load: Callable[[str, RunContext], TaskInstance]
     objectives: tuple[str, ...]
     description: str = ""
+    calibration: Any = None
 
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """A registered objective: a name, a factory ``build(scale) -> Objective``, its direction."""
+    """A registered objective: a name, a factory ``build(scale) -> Objective``, its direction, a description."""
 
     name: str
     build: Callable[..., Objective]

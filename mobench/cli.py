@@ -78,7 +78,8 @@ def cli(ctx: click.Context, plugins_dir: str | None) -> None:
 @click.option("--results", default="results", show_default=True, help="Results store folder.")
 @click.option("--resume", "resume", default=None, help="Continue the run RUN_ID with its own settings.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-@click.option("--option", "-o", "options", multiple=True, help="Method option KEY=VALUE (repeatable).")
+@click.option("--option", "-o", "options", multiple=True,
+              help="Method option KEY=VALUE (repeatable); see `mobench options METHOD`. Values are text, converted to the option's type.")
 @click.pass_context
 def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options):
     """Run one method over the task's preference grid and store the scored rows."""
@@ -88,25 +89,88 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
     from mobench.runner import RunConfig, execute
     from mobench.store import Store
 
-    parsed = {}
-    for item in options:
-        if "=" not in item:
-            raise MobenchError(f"--option {item!r} must look like KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            parsed[key] = json.loads(value)
-        except ValueError:
-            parsed[key] = value
+    parsed = parse_option_items(options)
     config = RunConfig(method=method, task=task, scale=scale, grid=grid, weights=weights, limit=limit, seed=seed, options=parsed)
     console = _stderr()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal), options=parsed)
+        context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
         result = execute(config, _registry(ctx), Store(results), context, resume=resume, on_event=lambda m: console.log(m))
     click.echo(
         f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "
         f"{result.total} in the grid"
     )
+
+
+def parse_option_items(items) -> dict[str, str]:
+    """``["k=v", ...]`` from repeated ``-o`` flags as ``{k: v}`` (text; the method's Options converts it)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            shown = item if len(item) <= 60 else item[:57] + "..."
+            raise MobenchError(f"--option {shown!r} must look like KEY=VALUE")
+        parsed[key.strip()] = value
+    return parsed
+
+
+@cli.command(name="options")
+@click.argument("method")
+@click.option("--scale", default="tiny", show_default=True, help="Show the values at this scale.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def options_cmd(ctx, method, scale, fmt):
+    """List METHOD's options: key, type, value at --scale, default, and what it does."""
+    from mobench.api import SCALES
+    from mobench.options import options_class
+
+    if scale not in SCALES:
+        raise MobenchError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    spec = _registry(ctx).method(method)
+    cls = options_class(spec.factory)
+    if cls is None:
+        rows = []
+    else:
+        at_scale = cls.preset(scale).replace(spec.fixed, owner=spec.name) if spec.fixed else cls.preset(scale)
+        rows = [{**row, "value": at_scale.get(row["key"])} for row in cls.describe(scale)]
+    if fmt == "json":
+        click.echo(json.dumps({"method": method, "scale": scale, "options": rows}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"{method} takes no options")
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{escape(method)} options at scale {scale} (set with -o KEY=VALUE)")
+    for col in ("key", "type", "value", "default", "what it does"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(escape(str(row[k])) for k in ("key", "type", "value", "default", "doc")))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+
+
+@cli.command(name="calibrate")
+@click.option("--task", "-t", required=True, help="Any registered task, third-party ones included.")
+@click.option("--scale", default="tiny", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+@click.pass_context
+def calibrate_cmd(ctx, task, scale, device):
+    """Compute TASK's normalisation and reference point from its reference policy and write its calibration file."""
+    from mobench.api import SCALES
+    from mobench.calibration import calibrate_task
+
+    if scale not in SCALES:
+        raise MobenchError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    path, record = calibrate_task(_registry(ctx), task, scale, device)
+    for name, stat in record["objectives"].items():
+        click.echo(f"{name:<10} mean {stat['mean']:.4f}  std {stat['std']:.4f}  direction {stat['direction']:+d}")
+    click.echo(f"reference point {record['reference_point']}  ({record['n_prompts']} prompts, "
+               f"generation {record['generation_seconds']} s) -> {path}")
 
 
 def _entries(ctx, task, results, scale):

@@ -13,6 +13,23 @@ from typing import Sequence
 import numpy as np
 
 
+def mean_and_std(values: Sequence[float], ddof: int = 1) -> tuple[float, float]:
+    """Mean and standard deviation (``ddof`` 1: sample, 0: population); std is nan when undefined."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(values) / n
+    if n - ddof <= 0:
+        return mean, float("nan")
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - ddof))
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n)); nan for fewer than two values."""
+    mean, std = mean_and_std(values, ddof=1)
+    return mean, std / math.sqrt(len(values))
+
+
 def _as_points(points: Sequence[Sequence[float]]) -> np.ndarray:
     arr = np.asarray(points, dtype=float)
     if arr.ndim != 2:

@@ -23,6 +23,14 @@ _PACKAGED = {
 MINILM_ALIAS = "all-minilm-l6-v2"
 
 
+def policy_aliases() -> dict[str, str]:
+    """The model aliases a task may name as its policy, each with the hub id of the same model.
+
+    Besides an alias, a policy is a local folder (``save_pretrained`` output) or a hub id ``owner/name``.
+    """
+    return {alias: hub for alias, (_, _, hub) in _PACKAGED.items()}
+
+
 def packaged_file(package: str, filename: str) -> Path:
     """The path of a file shipped inside an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
@@ -96,7 +104,11 @@ def _materialise_packaged(alias: str) -> Path:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """Load the tokenizer of a model alias, folder or hub id, with left padding for generation."""
+    """Load the tokenizer of a model alias, folder or hub id.
+
+    Its ``padding_side`` is "left" (decoder-only generation needs each row's last prompt token at the end)
+    and a missing pad token is set to the EOS token.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model(name)

@@ -26,6 +26,8 @@ from mobench.api import MethodSpec, MobenchError, ObjectiveSpec, TaskSpec
 
 BUILTIN_PACKAGES = ("mobench.methods", "mobench.tasks")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+#: The rule every method, task and objective name follows (checked at registration).
+NAME_RULE = "lower-case letters, digits, '-', '_' or '.', starting with a letter or digit"
 
 
 @dataclass
@@ -66,6 +68,17 @@ class Registry:
     def objective(self, name: str) -> ObjectiveSpec:
         return self._get("objective", self.objectives, name)
 
+    def build_objective(self, name: str, scale: str = "tiny"):
+        """Build the registered objective ``name`` at ``scale``; its name and direction must match the registration."""
+        spec = self.objective(name)
+        built = spec.build(scale)
+        if getattr(built, "name", None) != spec.name or getattr(built, "direction", None) != spec.direction:
+            raise MobenchError(
+                f"objective {name!r} was registered with direction {spec.direction:+d} but its build returned "
+                f"name {getattr(built, 'name', None)!r}, direction {getattr(built, 'direction', None)!r}"
+            )
+        return built
+
     def plugin_version(self, plugin: str) -> str:
         info = self.plugins.get(plugin)
         return info.version if info else "unknown"
@@ -80,7 +93,7 @@ class Register:
 
     def _add(self, kind: str, table: dict[str, Any], spec: Any, name: str, fn: Callable) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
-            raise TypeError(f"{kind} name {name!r} must be lower-case letters, digits, '-', '_' or '.'")
+            raise ValueError(f"{kind} name {name!r} breaks the naming rule: {NAME_RULE}")
         if not callable(fn):
             raise TypeError(f"{kind} {name!r}: {fn!r} is not callable")
         if name in table:
@@ -92,16 +105,31 @@ class Register:
         table[name] = spec
         self._registry.owner[(kind, name)] = self._plugin
 
-    def method(self, name: str, factory: Callable, description: str = "", **options: Any) -> None:
-        """Register a method built by ``factory(**options)``."""
-        self._add("method", self._registry.methods, MethodSpec(name, factory, description, options), name, factory)
+    def method(self, name: str, factory: Callable, description: str = "", **fixed: Any) -> None:
+        """Register a method built by ``factory(options)`` (or ``factory()`` when it declares no ``Options``).
 
-    def task(self, name: str, load: Callable, objectives: tuple[str, ...] | list[str], description: str = "") -> None:
-        """Register a task loaded by ``load(scale, context)`` that scores the named objectives."""
+        ``fixed``: option values this registration sets (an ablation under its own name); checked now.
+        """
+        from mobench.options import options_class
+
+        cls = options_class(factory)
+        if fixed:
+            if cls is None:
+                raise TypeError(f"method {name!r}: fixed option values {sorted(fixed)} but {factory!r} declares no Options")
+            cls().replace(fixed, owner=name)  # unknown keys or bad values: the plugin is reported broken
+        self._add("method", self._registry.methods, MethodSpec(name, factory, description, dict(fixed)), name, factory)
+
+    def task(self, name: str, load: Callable, objectives: tuple[str, ...] | list[str], description: str = "",
+             calibration: str | Path | None = None) -> None:
+        """Register a task loaded by ``load(scale, context)`` that scores the named objectives, in weight order.
+
+        ``calibration``: the JSON file holding its normalisation and reference point (None: the cache folder).
+        """
         objectives = tuple(objectives)
         if not objectives or not all(isinstance(o, str) for o in objectives):
             raise TypeError(f"task {name!r}: objectives must be a non-empty list of names")
-        self._add("task", self._registry.tasks, TaskSpec(name, load, objectives, description), name, load)
+        spec = TaskSpec(name, load, objectives, description, Path(calibration) if calibration is not None else None)
+        self._add("task", self._registry.tasks, spec, name, load)
 
     def objective(self, name: str, build: Callable, direction: int = 1, description: str = "") -> None:
         """Register an objective built by ``build(scale)``; direction +1 maximise, -1 minimise."""
@@ -169,7 +197,8 @@ def get_plugin_manager(plugins_dir: str | Path | None = None, entry_points: bool
             except Exception as exc:
                 registry.errors.append(f"built-in plugin {modname!r} failed to import: {_one_line(exc)}")
                 continue
-            add(module, modname, "builtin", version)
+            if _has_hooks(module):  # public helper modules of a built-in package are not plugins
+                add(module, modname, "builtin", version)
 
     if entry_points:
         for ep in sorted(metadata.entry_points(group="mobench"), key=lambda e: e.name):
@@ -196,6 +225,10 @@ def get_plugin_manager(plugins_dir: str | Path | None = None, entry_points: bool
 
     _fill(pm, registry)
     return pm
+
+
+def _has_hooks(module: Any) -> bool:
+    return any(callable(v) and hasattr(v, "mobench_impl") for v in vars(module).values())
 
 
 def _fill(pm: pluggy.PluginManager, registry: Registry) -> None:

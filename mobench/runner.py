@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import resource
 import sys
 import time
@@ -13,9 +12,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from mobench.api import SCALES, MobenchError, Preference, RunContext, TaskInstance
+from mobench.api import SCALES, MethodSpec, MobenchError, Preference, RunContext, TaskInstance, prompts_sha256
+from mobench.calibration import attach as attach_calibration
 from mobench.grid import parse_weights, simplex_grid
+from mobench.metrics import mean_stderr
+from mobench.options import Options, options_class
 from mobench.plugins import Registry
+from mobench.toolkit import seed_everything
 from mobench.provenance import git_revision, machine, versions
 from mobench.store import RunDir, Store
 
@@ -31,7 +34,7 @@ class RunConfig:
     weights: str | None = None
     limit: int | None = None
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the user's -o KEY=VALUE, as given (text)
 
 
 @dataclass
@@ -46,20 +49,44 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance | None = None) -> str:
+def build_options(spec: MethodSpec, scale: str, overrides: dict[str, Any]) -> Options | None:
+    """The method's options at ``scale``: its preset, the registration's fixed values, then the user's ``-o``."""
+    cls = options_class(spec.factory)
+    if cls is None:
+        if overrides:
+            raise MobenchError(f"method {spec.name!r} takes no options (got {', '.join(sorted(map(str, overrides)))})")
+        return None
+    options = cls.preset(scale)
+    if spec.fixed:
+        options = options.replace(spec.fixed, owner=spec.name)
+    return options.replace({str(k): v for k, v in overrides.items()}, parse=True, owner=spec.name)
+
+
+def build_method(spec: MethodSpec, options: Options | None):
+    """The method object: ``factory(options)`` (or ``factory()`` without Options), named as registered."""
+    method = spec.factory(options) if options is not None else spec.factory()
+    try:
+        method.name = spec.name
+    except AttributeError:  # a read-only name property: keep the method's own
+        pass
+    return method
+
+
+def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance | None = None,
+           options: Options | None = None) -> str:
     """A readable, deterministic id: the same command gives the same id, so it resumes.
 
-    The task's prompts, decoding settings, budgets and calibration are part of the identity, so a
-    changed budget or calibration starts a new run instead of resuming rows made under the old one.
+    It hashes only what determines this method's results on this task: the method's resolved options,
+    the task's policy, prompts, decoding settings and calibration, the grid, the prompt limit and the
+    seed. A changed option or calibration starts a new run instead of resuming rows made under the old one.
     """
     fingerprint = None
     if task is not None:
         fingerprint = {
             "policy": task.policy,
-            "prompts": hashlib.sha256("\x1e".join(task.prompts).encode()).hexdigest(),
-            "generation": task.generation,
-            "budgets": task.budgets,
-            "normalisation": {k: asdict(v) for k, v in task.normalisation.items()},
+            "prompts": prompts_sha256(task.prompts),
+            "generation": task.generation.to_dict(),
+            "normalisation": {k: asdict(v) for k, v in sorted(task.normalisation.items())},
             "reference_point": list(task.reference_point),
         }
     identity = {
@@ -70,7 +97,7 @@ def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance 
         "grid": [p.key for p in preferences],
         "limit": config.limit,
         "seed": config.seed,
-        "options": config.options,
+        "options": options.to_dict() if options is not None else None,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{config.scale}-s{config.seed}-{digest}"
@@ -95,15 +122,6 @@ def _reset_cuda_peak() -> None:
             torch.cuda.reset_peak_memory_stats()
 
 
-def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
 def resolve_preferences(config: RunConfig, objectives: int, default_grid: int) -> list[Preference]:
     """The grid of this run: explicit ``--weights`` points, else ``--grid N``, else the task's default."""
     if config.weights:
@@ -111,11 +129,11 @@ def resolve_preferences(config: RunConfig, objectives: int, default_grid: int) -
     return simplex_grid(objectives, config.grid or default_grid)
 
 
-def validate(config: RunConfig, registry: Registry) -> None:
-    """Check names, scale and weights before anything heavy is loaded."""
+def validate(config: RunConfig, registry: Registry) -> Options | None:
+    """Check names, scale, options and weights before anything heavy is loaded; returns the method's options."""
     if config.scale not in SCALES:
         raise MobenchError(f"unknown scale {config.scale!r}; choose one of {', '.join(SCALES)}")
-    registry.method(config.method)
+    options = build_options(registry.method(config.method), config.scale, config.options)
     task_spec = registry.task(config.task)
     if config.weights:
         parse_weights(config.weights, len(task_spec.objectives))
@@ -123,6 +141,7 @@ def validate(config: RunConfig, registry: Registry) -> None:
         raise MobenchError(f"--grid must be at least 2 points per edge, got {config.grid}")
     if config.limit is not None and config.limit < 1:
         raise MobenchError(f"--limit must be at least 1, got {config.limit}")
+    return options
 
 
 def score_point(task: TaskInstance, prompts: list[str], responses: list[str]) -> tuple[dict, dict, dict, list[dict]]:
@@ -135,7 +154,7 @@ def score_point(task: TaskInstance, prompts: list[str], responses: list[str]) ->
         per_objective[objective.name] = values
     means, stderrs, normalised = {}, {}, {}
     for objective in task.objectives:
-        mean, se = _mean_stderr(per_objective[objective.name])
+        mean, se = mean_stderr(per_objective[objective.name])
         means[objective.name], stderrs[objective.name] = mean, se
         normalised[objective.name] = task.normalisation[objective.name].apply(mean, objective.direction)
     items = [{name: per_objective[name][j] for name in per_objective} for j in range(len(responses))]
@@ -154,6 +173,7 @@ def execute(
     say = on_event or (lambda message: None)
     validate(config, registry)
     store.ensure()
+    context.registry = registry
     method_spec = registry.method(config.method)
     task_spec = registry.task(config.task)
 
@@ -166,15 +186,21 @@ def execute(
         saved = resumed.read_manifest()
         config = RunConfig(**{k: v for k, v in saved.get("config", {}).items() if k in asdict(config)})
         saved_grid = [Preference(tuple(w)) for w in saved["grid"]]
+    options = validate(config, registry)
 
     say(f"loading task {config.task} ({config.scale})")
     task = task_spec.load(config.scale, context)
     if tuple(task.objective_names) != tuple(task_spec.objectives):
         raise MobenchError(f"task {config.task!r} declared objectives {task_spec.objectives} but loaded {task.objective_names}")
+    for objective in task.objectives:
+        declared = registry.objectives.get(objective.name)
+        if declared is not None and declared.direction != objective.direction:
+            raise MobenchError(f"task {config.task!r}: objective {objective.name!r} has direction {objective.direction:+d}, registered {declared.direction:+d}")
+    task = attach_calibration(task_spec, task)
     prompts = task.prompts[: config.limit] if config.limit else list(task.prompts)
     preferences = saved_grid or resolve_preferences(config, len(task.objectives), task.grid_points)
 
-    rid = resume or run_id(config, preferences, task)
+    rid = resume or run_id(config, preferences, task, options)
     run = store.run(config.task, config.method, rid)
     if run.manifest_path.exists():
         manifest = run.read_manifest()
@@ -192,7 +218,9 @@ def execute(
                 "directions": {o.name: o.direction for o in task.objectives},
                 "grid": [list(p.weights) for p in preferences],
                 "n_prompts": len(prompts),
-                "prompts_sha256": hashlib.sha256("\x1e".join(prompts).encode()).hexdigest(),
+                "prompts_sha256": prompts_sha256(prompts),
+                "generation": task.generation.to_dict(),
+                "method_options": options.to_dict() if options is not None else None,
                 "normalisation": {k: asdict(v) for k, v in task.normalisation.items()},
                 "reference_point": list(task.reference_point),
                 "policy": task.policy,
@@ -221,7 +249,8 @@ def execute(
         return result
 
     say(f"preparing {config.method}")
-    method = method_spec.factory(**{**method_spec.options, **config.options})
+    method = build_method(method_spec, options)
+    seed_everything(config.seed)
     started = time.perf_counter()
     method.prepare(task, context)
     prepare_seconds = time.perf_counter() - started
@@ -233,6 +262,7 @@ def execute(
     try:
         for batch in batches:
             _reset_cuda_peak()
+            seed_everything(config.seed)
             t0 = time.perf_counter()
             responses = method.generate(prompts, batch)
             generation_seconds = (time.perf_counter() - t0) / len(batch)

@@ -5,15 +5,33 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from mobench.api import MobenchError, PreferencePair, RunContext
+from mobench.options import Options, option
 
 # The libraries whose versions change what a trainer produces; part of every artifact key.
 TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets")
 
 LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all-linear"}
+
+
+@dataclass(frozen=True)
+class LoraBudget(Options):
+    """The LoRA adapter every shared trainer puts on the policy."""
+
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int | None = option(None, "LoRA alpha (None: 2 x rank)")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target: str = option("all-linear", "modules that get an adapter (peft's target_modules)")
+
+    def check(self) -> None:
+        if self.lora_r < 1:
+            raise MobenchError(f"lora_r must be a positive integer, not {self.lora_r!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise MobenchError(f"lora_dropout must be in [0, 1), not {self.lora_dropout!r}")
 
 
 def lora_config(budget: dict[str, Any]):
