@@ -111,17 +111,24 @@ def test_partial_last_line_from_a_killed_writer_is_isolated(tmp_path):
     assert [r["preference_key"] for r in run.rows()] == ["a", "c"]
 
 
-def test_run_id_changes_with_the_task_budget_so_stale_rows_are_never_resumed():
+def test_run_id_changes_with_the_method_options_so_stale_rows_are_never_resumed():
     from mobench.api import Normalisation, TaskInstance
     from mobench.grid import simplex_grid
     from mobench.runner import RunConfig, run_id
+    from mobench.training import DpoBudget
 
-    def task(steps):
-        return TaskInstance(name="t", scale="tiny", policy="p", objectives=[], prompts=["a", "b"],
-                            normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,),
-                            budgets={"dpo": {"steps": steps}})
+    task = TaskInstance(name="t", scale="tiny", policy="p", objectives=[], prompts=["a", "b"],
+                        normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,))
+
+    def options(steps):
+        return DpoBudget.preset("tiny").replace({"steps": steps})
 
     config, grid = RunConfig(method="m", task="t"), simplex_grid(2, 3)
-    assert run_id(config, grid, task(32)) == run_id(config, grid, task(32))
-    assert run_id(config, grid, task(32)) != run_id(config, grid, task(4))
-    assert run_id(config, grid, task(32)).startswith("tiny-s0-")
+    assert run_id(config, grid, task, options(32)) == run_id(config, grid, task, options(32))
+    assert run_id(config, grid, task, options(32)) != run_id(config, grid, task, options(4))
+    assert run_id(config, grid, task, options(32)).startswith("tiny-s0-")
+    # The task's decoding settings are part of the identity too.
+    longer = TaskInstance(name="t", scale="tiny", policy="p", objectives=[], prompts=["a", "b"],
+                          normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,),
+                          generation={"max_new_tokens": 128})
+    assert run_id(config, grid, task, options(32)) != run_id(config, grid, longer, options(32))

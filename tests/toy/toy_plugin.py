@@ -1,15 +1,20 @@
 """A test-only plugin file (loaded with --plugins-dir): the task `toy` and the method `letters`.
 
-`letters` answers every prompt with round(10 * w_1) letters 'a' and round(10 * w_2) letters 'b';
-the toy objectives count them, so every score is known by hand. MOBENCH_TOY_SLEEP makes each grid
-point slow enough to kill a run in the middle.
+`letters` answers every prompt with round(unit * w_1) letters 'a' and round(unit * w_2) letters 'b'
+(unit: an option, 10 by default); the toy objectives count them, so every score is known by hand.
+MOBENCH_TOY_SLEEP makes each grid point slow enough to kill a run in the middle. The command
+`toy-hello` exercises the register_commands hook.
 """
 
 import os
 import time
+from dataclasses import dataclass
+
+import click
 
 from mobench import hookimpl
-from mobench.api import Normalisation, TaskInstance
+from mobench.api import Method, Normalisation, TaskInstance
+from mobench.options import Options, option
 
 
 class Count:
@@ -40,11 +45,18 @@ def load(scale, context):
     )
 
 
-class Letters:
-    name = "letters"
-    batch_preferences = False
+@dataclass(frozen=True)
+class LettersOptions(Options):
+    unit: int = option(10, "letters written for a weight of 1")
+
+    PRESETS = {"paper": {"unit": 100}}
+
+
+class Letters(Method):
+    Options = LettersOptions
 
     def prepare(self, task, context):
+        super().prepare(task, context)
         self.sleep = float(os.environ.get("MOBENCH_TOY_SLEEP", "0"))
         self.generated = []
 
@@ -53,11 +65,12 @@ class Letters:
         for p in preferences:
             time.sleep(self.sleep)
             self.generated.append(p.key)
-            out.append(["a" * round(10 * p[0]) + "b" * round(10 * p[1]) for _ in prompts])
+            unit = self.options.unit
+            out.append(["a" * round(unit * p[0]) + "b" * round(unit * p[1]) for _ in prompts])
         return out
 
     def provenance(self):
-        return {"kind": "test-only", "generated": list(self.generated)}
+        return {"kind": "test-only", "generated": list(self.generated), "unit": self.options.unit}
 
 
 @hookimpl
@@ -74,3 +87,12 @@ def register_methods(register):
 def register_objectives(register):
     register.objective("count-a", lambda scale: Count("a"), direction=1, description="letters 'a'")
     register.objective("count-b", lambda scale: Count("b"), direction=1, description="letters 'b'")
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("toy-hello")
+    @click.option("--name", default="world")
+    def toy_hello(name):
+        """Say hello (a test of the register_commands hook)."""
+        click.echo(f"hello {name}")
