@@ -89,6 +89,7 @@ class Normalisation:
     std: float
 
     def apply(self, score: float, direction: int = 1) -> float:
+        """The z-score of a raw ``score`` for an objective of ``direction`` (+1 or -1); a zero std counts as 1."""
         return direction * (score - self.mean) / (self.std if self.std > 0 else 1.0)
 
 
@@ -144,7 +145,8 @@ class TaskInstance:
     the runs being compared); the reference point is in normalised space, one coordinate per objective.
     Leave both empty and the core fills them from the task's calibration file (``mobench calibrate``).
     ``grid_points`` is the scale's default points per simplex edge; ``generation`` the decoding settings
-    (a :class:`Generation`; a dict of its fields is converted). Training budgets are not the task's: each
+    (a :class:`Generation`; a dict of its fields is converted). ``provenance`` says where the prompts and
+    pairs came from (data sets, seeds, counts) and is copied into every manifest. Training budgets are not the task's: each
     method owns its own (see :mod:`mobench.options`).
     """
 

@@ -60,12 +60,15 @@ class Registry:
         raise MobenchError(f"unknown {kind} {name!r}{hint} (known: {known})")
 
     def method(self, name: str) -> MethodSpec:
+        """The registered method ``name``; a MobenchError with "did you mean" when unknown."""
         return self._get("method", self.methods, name)
 
     def task(self, name: str) -> TaskSpec:
+        """The registered task ``name``; a MobenchError with "did you mean" when unknown."""
         return self._get("task", self.tasks, name)
 
     def objective(self, name: str) -> ObjectiveSpec:
+        """The registered objective ``name``; a MobenchError with "did you mean" when unknown."""
         return self._get("objective", self.objectives, name)
 
     def build_objective(self, name: str, scale: str = "tiny"):
@@ -80,6 +83,7 @@ class Registry:
         return built
 
     def plugin_version(self, plugin: str) -> str:
+        """The version of a loaded plugin ("unknown" when it has none)."""
         info = self.plugins.get(plugin)
         return info.version if info else "unknown"
 

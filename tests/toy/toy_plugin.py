@@ -7,6 +7,7 @@ MOBENCH_TOY_SLEEP makes each grid point slow enough to kill a run in the middle.
 """
 
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ class Letters(Method):
 
     def prepare(self, task, context):
         super().prepare(task, context)
+        self.draw = random.random()  # the runner seeded `random` from --seed just before prepare
         self.sleep = float(os.environ.get("MOBENCH_TOY_SLEEP", "0"))
         self.generated = []
 
@@ -70,7 +72,7 @@ class Letters(Method):
         return out
 
     def provenance(self):
-        return {"kind": "test-only", "generated": list(self.generated), "unit": self.options.unit}
+        return {"kind": "test-only", "generated": list(self.generated), "unit": self.options.unit, "seeded_draw": self.draw}
 
 
 @hookimpl
