@@ -277,6 +277,8 @@ def _plugins_dir_from(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mobench`` console script."""
+    from rich.markup import escape
+
     from mobench.plugins import get_plugin_manager
     from mobench.store import CorruptLineWarning
 
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def warn_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, CorruptLineWarning):
-            console.print(f"[yellow]warning:[/] {message}")
+            console.print(f"[yellow]warning:[/] {escape(str(message))}")
         else:
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -293,15 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pm = get_plugin_manager(plugins_dir=_plugins_dir_from(argv))
         for error in pm.registry.errors:
-            console.print(f"[yellow]warning:[/] {error}")
+            console.print(f"[yellow]warning:[/] {escape(error)}")
         for impl in pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli)
             except Exception as exc:  # a broken plugin must not take the CLI down
-                console.print(f"[yellow]warning:[/] plugin {impl.plugin_name!r} failed in register_commands: {exc}")
+                console.print(f"[yellow]warning:[/] {escape(f'plugin {impl.plugin_name!r} failed in register_commands: {exc}')}")
         cli.main(args=argv, prog_name="mobench", obj={"pm": pm}, standalone_mode=False)
     except MobenchError as exc:
-        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        # User and plugin text is never read as rich markup ("[/x]" in a path or a message).
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USER_ERROR
     except click.exceptions.Abort:
         console.print("[red]aborted[/]")
