@@ -1,0 +1,106 @@
+"""The runner's own arithmetic: z-scores with direction -1 and a non-trivial mean and std, attempt tagging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mobench.api import Normalisation, RunContext, TaskInstance
+from mobench.plugins import get_plugin_manager
+from mobench.runner import RunConfig, execute, score_point
+from mobench.store import Store
+
+
+class Words:
+    """Counts words: direction -1 (fewer is better), like summarize's brevity."""
+
+    name, direction = "words", -1
+
+    def score(self, prompts, responses):
+        return [float(len(r.split())) for r in responses]
+
+    def provenance(self):
+        return {"kind": "word count"}
+
+
+class Letters:
+    name, direction = "letters", 1
+
+    def score(self, prompts, responses):
+        return [float(len(r)) for r in responses]
+
+    def provenance(self):
+        return {"kind": "characters"}
+
+
+def _task() -> TaskInstance:
+    return TaskInstance(name="t", scale="tiny", policy="none", objectives=[Words(), Letters()], prompts=["p0", "p1"],
+                        normalisation={"words": Normalisation(3.0, 2.0), "letters": Normalisation(10.0, 4.0)},
+                        reference_point=(-1.0, -1.0))
+
+
+def test_score_point_applies_each_objectives_direction_mean_and_std():
+    means, stderrs, z, items = score_point(_task(), ["p0", "p1"], ["a b c d e", "a"])
+    assert means == {"words": 3.0, "letters": 5.0}
+    # words: -(3 - 3) / 2 = 0; letters: (5 - 10) / 4 = -1.25
+    assert z == {"words": pytest.approx(0.0), "letters": pytest.approx(-1.25)}
+    assert items == [{"words": 5.0, "letters": 9.0}, {"words": 1.0, "letters": 1.0}]
+    means, _, z, items = score_point(_task(), ["p0", "p1"], ["a b c d e f g", "a b c d e f g h i"])
+    assert means["words"] == 8.0 and z["words"] == pytest.approx(-(8.0 - 3.0) / 2.0)
+    assert stderrs["words"] == pytest.approx(2.0)  # sample std of (5, 1) is 2*sqrt(2); / sqrt(2)
+    assert items == [{"words": 7.0, "letters": 13.0}, {"words": 9.0, "letters": 17.0}]
+    assert means["letters"] == 15.0 and z["letters"] == pytest.approx((15.0 - 10.0) / 4.0)
+
+
+def test_a_run_writes_direction_aware_z_scores(tmp_path):
+    from mobench import hookimpl
+
+    class Fixed:
+        def prepare(self, task, context):
+            pass
+
+        def generate(self, prompts, preferences):
+            return [["word " * round(1 + 8 * p[0]) for _ in prompts] for p in preferences]
+
+        def provenance(self):
+            return {}
+
+    class Plugin:
+        @hookimpl
+        def register_tasks(self, register):
+            register.task("t", lambda scale, context: _task(), objectives=("words", "letters"))
+
+        @hookimpl
+        def register_methods(self, register):
+            register.method("fixed", Fixed)
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(Plugin(), name="test-plugin")
+    from mobench.plugins import _fill
+
+    _fill(pm, pm.registry)
+    result = execute(RunConfig(method="fixed", task="t", grid=3), pm.registry, Store(tmp_path), RunContext())
+    rows = {tuple(r["weights"]): r for r in result.run.rows()}
+    words = {w: r["mean"]["words"] for w, r in rows.items()}
+    assert words == {(0.0, 1.0): 1.0, (0.5, 0.5): 5.0, (1.0, 0.0): 9.0}
+    for w, r in rows.items():
+        assert r["normalised"]["words"] == pytest.approx(-(words[w] - 3.0) / 2.0)
+    manifest = json.loads(result.run.manifest_path.read_text())
+    assert manifest["directions"] == {"words": -1, "letters": 1}
+
+
+def test_generations_of_an_attempt_killed_before_its_row_are_dropped(tmp_path):
+    store = Store(tmp_path)
+    store.ensure()
+    run = store.run("t", "m", "r")
+    # attempt A wrote its generations for point k and died before the row; attempt B then committed k
+    from mobench.store import _append, _json_line
+
+    run.path.mkdir(parents=True)
+    _append(run.generations_path, _json_line({"preference_key": "k", "attempt": "A", "prompt_index": 0, "response": "orphan"}))
+    assert run.append_point({"preference_key": "k", "attempt": "B"},
+                            [{"preference_key": "k", "attempt": "B", "prompt_index": 0, "response": "kept"}])
+    assert [g["response"] for g in run.generations()] == ["kept"]
+    # the reader matches (point, attempt), not the point alone: the orphan is still on disk
+    assert "orphan" in run.generations_path.read_text()
