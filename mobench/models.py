@@ -122,25 +122,33 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
+def _from_pretrained(auto_class, name: str, what: str, device: str | None, dtype: Any, trust_remote_code: bool):
+    """``auto_class.from_pretrained`` of an alias, folder or hub id at ``dtype`` on ``device``, in eval mode."""
+    device = device or default_device()
+    try:
+        model = auto_class.from_pretrained(resolve_model(name), dtype=dtype or default_dtype(device),
+                                           trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise MobenchError(f"cannot load {what} {name!r}: {str(exc).splitlines()[0]}") from None
+    model.to(device)
+    model.eval()
+    return model
+
+
 def load_causal_lm(
     name: str,
     device: str | None = None,
     dtype: Any = None,
     trust_remote_code: bool = False,
 ):
-    """Load ``(model, tokenizer)`` for a causal LM alias, folder or hub id, in eval mode on ``device``."""
+    """Load ``(model, tokenizer)`` for a causal LM alias, folder or hub id, in eval mode on ``device``.
+
+    fp32 on CPU, bf16 on CUDA unless ``dtype`` says otherwise; the tokenizer pads on the left.
+    """
     from transformers import AutoModelForCausalLM
 
-    device = device or default_device()
-    dtype = dtype or default_dtype(device)
-    path = resolve_model(name)
     tok = load_tokenizer(name, trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise MobenchError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    model.to(device)
-    model.eval()
+    model = _from_pretrained(AutoModelForCausalLM, name, "model", device, dtype, trust_remote_code)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
@@ -155,16 +163,11 @@ def load_sequence_classifier(
     """Load ``(model, tokenizer)`` of a sequence-classification model (a hub reward model) in eval mode."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    device = device or default_device()
-    dtype = dtype or default_dtype(device)
-    path = resolve_model(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        tok = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise MobenchError(f"cannot load reward model {name!r}: {str(exc).splitlines()[0]}") from None
+    model = _from_pretrained(AutoModelForSequenceClassification, name, "reward model", device, dtype, trust_remote_code)
     # GPT-2 reward models ship without a pad token; the classifier reads the last non-pad token,
     # so padding on the right with EOS as pad keeps every sequence's own last token.
     if tok.pad_token is None:
@@ -172,8 +175,6 @@ def load_sequence_classifier(
     tok.padding_side = "right"
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    model.to(device)
-    model.eval()
     return model, tok
 
 
