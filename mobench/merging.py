@@ -8,6 +8,8 @@ from mobench.api import MobenchError
 
 MERGED_ADAPTER = "soup"
 
+__all__ = ["merge_lora_adapters", "lora_deltas", "MERGED_ADAPTER"]
+
 
 def merge_lora_adapters(model, adapters: Sequence[str], coefficients: Sequence[float], name: str = MERGED_ADAPTER) -> str:
     """Add adapter ``name`` whose delta is exactly sum_i c_i * scaling_i * B_i A_i, make it active, return its name.

@@ -1,64 +1,66 @@
 """Logit-ensemble guidance (MOD, Shi et al. 2024): next-token score sum_i w_i log pi_i(y_t | x, y_<t).
 
 The per-objective LoRA DPO experts (shared with Rewarded Soups through the artifact cache) sit as
-adapters on one base; mobench.decoding.loop runs one KV cache per expert and batches prompts and grid
+adapters on one base; mobench.decoding's loop runs one KV cache per expert and batches prompts and grid
 points together, each row carrying its own weights. Options: ``max_rows`` (rows per decoding batch) and
-DPO budget keys (``-o steps=8``), which override the task's expert budget for a run.
+the experts' DPO budget ``experts`` (``-o steps=8`` sets ``experts.steps``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mobench import hookimpl
-from mobench.api import MobenchError, Preference, RunContext, TaskInstance
+from mobench.api import Method, MobenchError, Preference
+from mobench.options import Options, budget, option
+from mobench.training import DpoBudget
 
 
-class LogitEnsemble:
+@dataclass(frozen=True)
+class LogitEnsembleOptions(Options):
+    """The logit ensemble's options: rows per decoding batch and the experts' DPO budget."""
+
+    max_rows: int = option(64, "rows (prompt x grid point) decoded per batch at most")
+    experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts (shared with other methods through the cache)")
+
+    def check(self) -> None:
+        if self.max_rows < 1:
+            raise MobenchError(f"logit-ensemble max_rows must be >= 1, not {self.max_rows!r}")
+
+
+class LogitEnsemble(Method):
     """Decode every grid point at once with the weighted sum of the experts' next-token log-probs."""
 
+    Options = LogitEnsembleOptions
     name = "logit-ensemble"
     batch_preferences = True
 
-    def __init__(self, max_rows: int = 64, **budget: Any):
-        from mobench.training.dpo import DPO_DEFAULTS
-
-        unknown = sorted(set(budget) - set(DPO_DEFAULTS))
-        if unknown:
-            raise MobenchError(f"logit-ensemble has no option(s) {', '.join(unknown)}; it takes max_rows=N and DPO budget keys {', '.join(sorted(DPO_DEFAULTS))}")
-        self.budget_overrides = budget
-        self.max_rows = int(max_rows)
-        if self.max_rows < 1:
-            raise MobenchError(f"logit-ensemble max_rows must be >= 1, not {max_rows!r}")
-        self.task: TaskInstance | None = None
-        self.context = RunContext()
+    def __init__(self, options: LogitEnsembleOptions | None = None):
+        super().__init__(options)
         self.experts: dict[str, Any] = {}
 
-    def prepare(self, task: TaskInstance, context: RunContext) -> None:
-        from mobench.decoding.loop import ModelScorer
-        from mobench.training.dpo import load_expert_policy, with_dpo_budget
+    def prepare(self, task, context) -> None:
+        from mobench.decoding import ModelScorer
+        from mobench.training import load_expert_policy
 
-        # -o steps=8 ...: a different expert budget, hence different (separately cached) experts
-        task = with_dpo_budget(task, self.budget_overrides)
-        self.task, self.context = task, context
-        self.model, self.tokenizer, self.experts = load_expert_policy(task, context)
+        super().prepare(task, context)
+        self.model, self.tokenizer, self.experts = load_expert_policy(
+            task.policy, task.pairs, self.options.experts, context, task.objective_names
+        )
         self.scorers = [ModelScorer(self.model, name) for name in self.experts]
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from dataclasses import replace
+        from mobench.decoding import DecodeSettings, decode, logit_ensemble
 
-        from mobench.decoding.loop import DecodeSettings, decode, logit_ensemble
-
-        if self.task is None:
-            raise MobenchError("logit-ensemble.generate called before prepare")
-        k = len(self.experts)
+        task, context = self.prepared()
         for p in preferences:
-            if len(p) != k:
-                raise MobenchError(f"preference {p.key} has {len(p)} weights for {k} experts")
-        settings = DecodeSettings.from_task(self.task.generation, self.context.seed)
+            if len(p) != len(self.experts):
+                raise MobenchError(f"preference {p.key} has {len(p)} weights for {len(self.experts)} experts")
+        settings = DecodeSettings.from_generation(task.generation, context.seed)
         # A batch holds batch_size prompts at every grid point (capped by max_rows): rows are
         # prompt-major, so a batch's rows share prompts and need little padding.
-        settings = replace(settings, batch_size=max(1, min(self.max_rows, settings.batch_size * len(preferences))))
+        settings = replace(settings, batch_size=max(1, min(self.options.max_rows, settings.batch_size * len(preferences))))
         rows = [(i, j) for i in range(len(prompts)) for j in range(len(preferences))]
         texts = decode(
             self.scorers,
@@ -67,7 +69,7 @@ class LogitEnsemble:
             [prompts[i] for i, _ in rows],
             [preferences[j].weights for _, j in rows],
             settings,
-            progress=self.context.progress,
+            progress=context.progress,
             description=f"logit-ensemble ({len(preferences)} grid points x {len(prompts)} prompts)",
         )
         out = [[""] * len(prompts) for _ in preferences]
@@ -76,14 +78,12 @@ class LogitEnsemble:
         return out
 
     def provenance(self) -> dict[str, Any]:
-        from mobench.training.dpo import dpo_budget, expert_record
+        from mobench.training import expert_record
 
         return {
-            "method": self.name,
-            "decoding": "sum_i w_i log pi_i per token, one KV cache per expert adapter (mobench.decoding.loop)",
-            "max_rows": self.max_rows,
+            **super().provenance(),
+            "decoding": "sum_i w_i log pi_i per token, one KV cache per expert adapter (mobench.decoding)",
             "experts": {k: {"path": str(v), "train": expert_record(v)} for k, v in self.experts.items()},
-            "budget": dpo_budget(self.task) if self.task is not None else None,
         }
 
 

@@ -2,65 +2,64 @@
 
 Training is trl's RLOOTrainer with a KL penalty to the reference policy in the reward, the stand-in for the
 papers' PPO (why: see mobench.training.rl). Each objective is z-normalised by the task's statistics first.
-Budget keys given as options (``-o steps=24``) override the task's "rl" budget for this run.
+The RL budget is this method's option group ``train`` (``-o steps=24`` sets ``train.steps``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from mobench import hookimpl
-from mobench.api import MobenchError, Preference, RunContext, TaskInstance
+from mobench.api import Method, Preference
+from mobench.options import Options, budget
+from mobench.training import RlBudget
 
 
-class Morlhf:
+@dataclass(frozen=True)
+class MorlhfOptions(Options):
+    """MORLHF's options: the budget of the RLOO policy trained at each grid point."""
+
+    train: RlBudget = budget(RlBudget, "the LoRA RLOO policy trained per preference on sum_i w_i z_i")
+
+
+class Morlhf(Method):
     """Train (or reuse) one RLOO policy per preference, then generate with it."""
 
+    Options = MorlhfOptions
     name = "morlhf"
     batch_preferences = False
 
-    def __init__(self, **budget: Any):
-        from mobench.training.rl import BUDGET_KEYS
-
-        unknown = sorted(set(budget) - BUDGET_KEYS)
-        if unknown:
-            raise MobenchError(f"morlhf has no option(s) {', '.join(unknown)}; it takes budget keys {', '.join(sorted(BUDGET_KEYS))}")
-        self.budget_overrides = budget
-        self.task: TaskInstance | None = None
-        self.context = RunContext()
+    def __init__(self, options: MorlhfOptions | None = None):
+        super().__init__(options)
         self.policies: dict[str, str] = {}
 
-    def prepare(self, task: TaskInstance, context: RunContext) -> None:
-        from mobench.training.rl import training_prompts, rl_budget
+    def prepare(self, task, context) -> None:
+        from mobench.training import training_prompts
 
-        if self.budget_overrides:  # -o steps=24 ...: a different budget, hence different cached policies
-            task = dataclasses.replace(task, budgets={**task.budgets, "rl": {**(task.budgets.get("rl") or {}), **self.budget_overrides}})
-        self.task, self.context = task, context
-        budget = rl_budget(task)
-        training_prompts(task, budget["n_prompts"], context.seed, budget["max_prompt_chars"])  # fail now, not later
+        super().prepare(task, context)
+        train = self.options.train
+        # The task's pair prompts, never its evaluation prompts; chosen now so that a task without any fails here.
+        self.prompts = training_prompts(task, train.n_prompts, context.seed, train.max_prompt_chars)
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding.generate import generate_with_adapter
-        from mobench.training.rl import train_rl_policy
+        from mobench.decoding import generate_with_adapter
+        from mobench.training import train_rl_policy
 
-        if self.task is None:
-            raise MobenchError("morlhf.generate called before prepare")
+        task, context = self.prepared()
         out = []
         for preference in preferences:
-            path = train_rl_policy(self.task, preference.weights, self.context)
+            path = train_rl_policy(task.policy, task.objectives, task.normalisation, preference.weights, self.prompts,
+                                   self.options.train, context)
             self.policies[preference.key] = str(path)
-            out.append(generate_with_adapter(self.task, path, prompts, self.context, f"MORLHF generating w=({preference.key})"))
+            out.append(generate_with_adapter(task.policy, path, prompts, task.generation, context, f"MORLHF generating w=({preference.key})"))
         return out
 
     def provenance(self) -> dict[str, Any]:
-        from mobench.training.rl import rl_budget
-
         return {
-            "method": "morlhf",
+            **super().provenance(),
             "trainer": "trl.RLOOTrainer (KL-penalised reward, leave-one-out baseline), LoRA",
             "reward": "sum_i w_i z_i, z_i = direction_i (score_i - mean_i) / std_i",
-            "budget": rl_budget(self.task) if self.task is not None else None,
             "policies": dict(self.policies),
         }
 

@@ -1,66 +1,68 @@
 """Rewarded Soups (Ramé et al. 2023): theta(w) = sum_i w_i theta_i over per-objective LoRA DPO experts.
 
 The soup is the exact LoRA-delta merge sum_i w_i B_i A_i (mobench.merging), rebuilt per grid point on
-one in-memory copy of the policy; the experts come from the artifact cache (mobench.training.dpo).
-DPO budget keys given as options (``-o steps=8``) override the task's expert budget for a run.
+one in-memory copy of the policy; the experts come from the artifact cache (mobench.training). The
+experts' DPO budget is this method's option group ``experts`` (``-o steps=8`` sets ``experts.steps``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mobench import hookimpl
-from mobench.api import MobenchError, Preference, RunContext, TaskInstance
+from mobench.api import Method, MobenchError, Preference
+from mobench.options import Options, budget
+from mobench.training import DpoBudget
 
 
-class RewardedSoups:
+@dataclass(frozen=True)
+class RewardedSoupsOptions(Options):
+    """Rewarded Soups' options: only the budget of the per-objective DPO experts it merges."""
+
+    experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts (shared with other methods through the cache)")
+
+
+class RewardedSoups(Method):
     """Merge the experts' LoRA deltas by the preference, then decode with the merged policy."""
 
+    Options = RewardedSoupsOptions
     name = "rewarded-soups"
     batch_preferences = False  # one merged model per grid point: nothing to share across points
 
-    def __init__(self, **budget: Any):
-        from mobench.training.dpo import DPO_DEFAULTS
-
-        unknown = sorted(set(budget) - set(DPO_DEFAULTS))
-        if unknown:
-            raise MobenchError(f"rewarded-soups has no option(s) {', '.join(unknown)}; it takes DPO budget keys {', '.join(sorted(DPO_DEFAULTS))}")
-        self.budget_overrides = budget
-        self.task: TaskInstance | None = None
-        self.context = RunContext()
+    def __init__(self, options: RewardedSoupsOptions | None = None):
+        super().__init__(options)
         self.experts: dict[str, Any] = {}
 
-    def prepare(self, task: TaskInstance, context: RunContext) -> None:
-        from mobench.training.dpo import load_expert_policy, with_dpo_budget
+    def prepare(self, task, context) -> None:
+        from mobench.training import load_expert_policy
 
-        # -o steps=8 ...: a different expert budget, hence different (separately cached) experts
-        task = with_dpo_budget(task, self.budget_overrides)
-        self.task, self.context = task, context
-        self.model, self.tokenizer, self.experts = load_expert_policy(task, context)
+        super().prepare(task, context)
+        self.model, self.tokenizer, self.experts = load_expert_policy(
+            task.policy, task.pairs, self.options.experts, context, task.objective_names
+        )
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding.generate import generate_for_task
+        from mobench.decoding import generate_for_task
         from mobench.merging import merge_lora_adapters
 
-        if self.task is None:
-            raise MobenchError("rewarded-soups.generate called before prepare")
-        names = list(self.experts)
+        task, context = self.prepared()
+        for p in preferences:
+            if len(p) != len(self.experts):
+                raise MobenchError(f"preference {p.key} has {len(p)} weights for {len(self.experts)} experts")
         out = []
         for preference in preferences:
-            if len(preference) != len(names):
-                raise MobenchError(f"preference {preference.key} has {len(preference)} weights for {len(names)} experts")
-            merge_lora_adapters(self.model, names, preference.weights)
-            out.append(generate_for_task(self.model, self.tokenizer, prompts, self.task, self.context, f"rewarded-soups w=({preference.key})"))
+            merge_lora_adapters(self.model, list(self.experts), preference.weights)
+            out.append(generate_for_task(self.model, self.tokenizer, prompts, task.generation, context, f"rewarded-soups w=({preference.key})"))
         return out
 
     def provenance(self) -> dict[str, Any]:
-        from mobench.training.dpo import dpo_budget, expert_record
+        from mobench.training import expert_record
 
         return {
-            "method": self.name,
+            **super().provenance(),
             "merge": "exact LoRA-delta soup sum_i w_i B_i A_i (peft add_weighted_adapter, combination_type=cat)",
             "experts": {k: {"path": str(v), "train": expert_record(v)} for k, v in self.experts.items()},
-            "budget": dpo_budget(self.task) if self.task is not None else None,
         }
 
 

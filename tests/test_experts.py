@@ -63,8 +63,15 @@ def save_micro_policy(tokenizer, folder: Path, seed: int = 0) -> str:
     return str(folder)
 
 
-def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr: float = 5e-3, batch_size: int = 2) -> TaskInstance:
-    """A two-objective task over real pairs with a micro policy and a tiny DPO budget."""
+def micro_budget(n_pairs: int = 8, steps: int = 2, lr: float = 5e-3, batch_size: int = 2):
+    """A tiny DPO budget for the micro policy."""
+    from mobench.training import DpoBudget
+
+    return DpoBudget(steps=steps, batch_size=batch_size, learning_rate=lr, max_length=64, lora_r=4, n_pairs=n_pairs)
+
+
+def micro_task(data_dir: Path, policy: str, n_pairs: int = 8) -> TaskInstance:
+    """A two-objective task over real pairs with a micro policy (its DPO budget: :func:`micro_budget`)."""
     pairs = real_pairs(data_dir, n_pairs)
     return TaskInstance(
         name="micro-hh",
@@ -76,7 +83,6 @@ def micro_task(data_dir: Path, policy: str, n_pairs: int = 8, steps: int = 2, lr
         reference_point=(-3.0, -3.0),
         pairs=pairs,
         generation={"max_new_tokens": 8, "do_sample": False, "batch_size": 4},
-        budgets={"dpo": {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "max_length": 64, "lora_r": 4, "n_pairs": n_pairs}},
     )
 
 
@@ -110,44 +116,51 @@ def test_expert_trains_once_and_is_reused(cache, tmp_path, data_dir, smol_tokeni
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     progress = Recorder()
     ctx = RunContext(seed=0, device="cpu", progress=progress)
-    path = dpo.train_dpo_expert(task, "harmless", ctx)
+    path = dpo.train_dpo_expert(task.policy, "harmless", task.pairs["harmless"], micro_budget(), ctx)
     assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
     record = dpo.expert_record(path)
     assert record["steps"] == 2 and record["objective"] == "harmless"
     # progress was visible: one step per optimiser step, then closed
-    assert progress.steps == [{"description": "DPO expert micro-hh/harmless", "total": 2, "advanced": 2, "closed": True}]
+    assert progress.steps == [{"description": "DPO expert harmless", "total": 2, "advanced": 2, "closed": True}]
 
     # A second call (a second method or run on the same task) must train nothing.
     def no_training(*args, **kwargs):
         raise AssertionError("expert was retrained")
 
     monkeypatch.setattr(dpo, "_train", no_training)
-    again = dpo.load_experts(micro_task(data_dir, task.policy), RunContext(seed=0, device="cpu"), ["harmless"])
+    again = dpo.load_experts(task.policy, micro_task(data_dir, task.policy).pairs, micro_budget(), RunContext(seed=0, device="cpu"), ["harmless"])
     assert again == {"harmless": path}
 
 
 def test_expert_key_tracks_what_determines_it(data_dir, tmp_path, smol_tokenizer):
-    from mobench.training.dpo import expert_key
+    from mobench.training import expert_key
 
     policy = save_micro_policy(smol_tokenizer, tmp_path / "policy")
-    base = expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=0, device="cpu"))
-    assert base == expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=0, device="cpu"))
-    assert base != expert_key(micro_task(data_dir, policy), "helpful", RunContext(seed=0, device="cpu"))
-    assert base != expert_key(micro_task(data_dir, policy), "harmless", RunContext(seed=1, device="cpu"))
-    assert base != expert_key(micro_task(data_dir, policy, steps=3), "harmless", RunContext(seed=0, device="cpu"))
-    assert base != expert_key(micro_task(data_dir, policy, n_pairs=6), "harmless", RunContext(seed=0, device="cpu"))
+
+    def key(objective="harmless", seed=0, policy=policy, n_pairs=8, **budget):
+        task = micro_task(data_dir, policy, n_pairs=n_pairs)
+        return expert_key(policy, objective, task.pairs[objective], micro_budget(n_pairs=n_pairs, **budget), RunContext(seed=seed, device="cpu"))
+
+    base = key()
+    assert base == key()
+    assert base != key("helpful")
+    assert base != key(seed=1)
+    assert base != key(steps=3)
+    assert base != key(n_pairs=6)
     other = save_micro_policy(smol_tokenizer, tmp_path / "policy2", seed=1)
-    assert base != expert_key(micro_task(data_dir, other), "harmless", RunContext(seed=0, device="cpu"))
+    assert base != key(policy=other)
     assert set(base["versions"]) == {"torch", "transformers", "trl", "peft", "datasets"}
 
 
 def test_missing_pairs_is_a_clear_error(data_dir, tmp_path, smol_tokenizer):
     from mobench.api import MobenchError
-    from mobench.training.dpo import train_dpo_expert
+    from mobench.training import load_experts, train_dpo_expert
 
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     with pytest.raises(MobenchError, match="no preference pairs for objective 'honest'"):
-        train_dpo_expert(task, "honest", RunContext(device="cpu"))
+        train_dpo_expert(task.policy, "honest", task.pairs.get("honest", []), micro_budget(), RunContext(device="cpu"))
+    with pytest.raises(MobenchError, match=r"no preference pairs for objective 'honest' \(pairs for: harmless, helpful\)"):
+        load_experts(task.policy, task.pairs, micro_budget(), RunContext(device="cpu"), ["honest"])
 
 
 def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol_tokenizer, monkeypatch):
@@ -161,14 +174,15 @@ def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol
     from mobench.training import dpo
 
     # two steps: the second step's loss and margins come from the first step's update (step 1 is log 2)
-    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), steps=2, lr=5e-2)
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    budget = micro_budget(steps=2, lr=5e-2)
     original = trl_utils._use_triton
     (tmp_path / "fast").mkdir()
-    dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "fast")
+    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device="cpu"), tmp_path / "fast")
     assert trl_utils._use_triton is original  # restored after training
     monkeypatch.setattr(dpo, "completion_positions_only", contextlib.nullcontext)
     (tmp_path / "plain").mkdir()
-    dpo._train(task, "helpful", RunContext(seed=0, device="cpu"), tmp_path / "plain")
+    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device="cpu"), tmp_path / "plain")
     fast, plain = (dpo.expert_record(tmp_path / d) for d in ("fast", "plain"))
     assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
     assert len(fast["log"]) == 2 and fast["log"][1]["loss"] != pytest.approx(0.6931, abs=1e-3)
@@ -195,14 +209,42 @@ def test_long_prompts_keep_their_end_and_leave_room_for_completions(smol_tokeniz
 
 def test_budget_overrides_make_other_experts(data_dir, tmp_path, smol_tokenizer):
     from mobench.api import MobenchError
-    from mobench.training.dpo import dpo_budget, expert_key, with_dpo_budget
+    from mobench.methods.rewarded_soups import RewardedSoups
+    from mobench.training import expert_key
 
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
-    assert with_dpo_budget(task, {}) is task
-    fewer = with_dpo_budget(task, {"steps": "1"})  # CLI options may arrive as text
-    assert dpo_budget(fewer)["steps"] == "1" and dpo_budget(task)["steps"] == 2  # the task itself is untouched
+    options = RewardedSoups.Options(experts=micro_budget())
+    assert options.replace({}) == options
+    fewer = options.replace({"steps": "1"}, parse=True)  # CLI options arrive as text, converted to the field's type
+    assert fewer.experts.steps == 1 and options.experts.steps == 2  # the options themselves are untouched
     ctx = RunContext(seed=0, device="cpu")
-    assert expert_key(fewer, "harmless", ctx)["hyper"]["steps"] == 1
-    assert expert_key(fewer, "harmless", ctx) != expert_key(task, "harmless", ctx)
-    with pytest.raises(MobenchError, match="unknown DPO budget key"):
-        with_dpo_budget(task, {"epochs": 3})
+    assert expert_key(task.policy, "harmless", task.pairs["harmless"], fewer.experts, ctx)["hyper"]["steps"] == 1
+    assert expert_key(task.policy, "harmless", task.pairs["harmless"], fewer.experts, ctx) != expert_key(
+        task.policy, "harmless", task.pairs["harmless"], options.experts, ctx)
+    with pytest.raises(MobenchError, match="has no option 'epochs'"):
+        options.replace({"epochs": 3})
+
+
+def test_options_reach_the_trainer_budget():
+    """-o KEY=VALUE reaches the trainers' budgets: a unique leaf name, or a dotted path where it is ambiguous."""
+    from mobench.api import MobenchError
+    from mobench.methods.logit_ensemble import LogitEnsemble
+    from mobench.methods.modpo import Modpo
+    from mobench.methods.morlhf import Morlhf
+    from mobench.methods.rewarded_soups import RewardedSoups
+    from mobench.training import DpoBudget, RlBudget
+
+    assert RewardedSoups.Options.preset("tiny").replace({"steps": "8"}, parse=True).experts.steps == 8
+    assert LogitEnsemble.Options.preset("tiny").replace({"experts.lora_r": "4"}, parse=True).experts.lora_r == 4
+    assert Morlhf.Options.preset("tiny").replace({"steps": "12"}, parse=True).train.steps == 12
+    with pytest.raises(MobenchError, match=r"'steps' is ambiguous.*train\.steps.*experts\.steps"):
+        Modpo.Options.preset("tiny").replace({"steps": "12"}, parse=True)
+    both = Modpo.Options.preset("tiny").replace({"train.steps": "12", "experts.steps": "3"}, parse=True)
+    assert (both.train.steps, both.experts.steps) == (12, 3)
+    # the tiny presets are the budgets the tasks used to carry; paper presets differ
+    assert RewardedSoups.Options.preset("tiny").experts == DpoBudget.preset("tiny") == DpoBudget()
+    assert Morlhf.Options.preset("tiny").train == RlBudget.preset("tiny")
+    assert Modpo.Options.preset("paper").train.steps == 1000 and Morlhf.Options.preset("paper").train.steps == 500
+    # every option is documented
+    for cls in (RewardedSoups, LogitEnsemble, Morlhf, Modpo):
+        assert all(row["doc"] for row in cls.Options.describe("tiny")), cls

@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 
 from mobench.api import MobenchError, Preference, RunContext
-from test_experts import micro_task, save_micro_policy
+from test_experts import micro_budget, micro_task, save_micro_policy
 
 
 def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch, data_dir, smol_tokenizer):
-    from mobench.decoding.generate import generate_responses
+    from mobench.decoding import generate_responses
     from mobench.methods.logit_ensemble import LogitEnsemble
     from mobench.methods.rewarded_soups import RewardedSoups
     from mobench.training import dpo
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), lr=5e-2)
-    method = LogitEnsemble()
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    experts = micro_budget(lr=5e-2)
+    method = LogitEnsemble(LogitEnsemble.Options(experts=experts))
     assert method.batch_preferences is True
     method.prepare(task, RunContext(seed=0, device="cpu"))
     grid = [Preference((1.0, 0.0)), Preference((0.5, 0.5)), Preference((0.0, 1.0))]
@@ -35,7 +36,7 @@ def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch,
         raise AssertionError("an expert was retrained")
 
     monkeypatch.setattr(dpo, "_train", no_training)
-    soups = RewardedSoups()
+    soups = RewardedSoups(RewardedSoups.Options(experts=experts))
     soups.prepare(task, RunContext(seed=0, device="cpu"))
     assert soups.experts == method.experts
     # greedy Rewarded Soups at a corner is the same expert, so the two methods agree there
@@ -45,10 +46,11 @@ def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch,
 def test_bad_options_and_preferences(tmp_path, monkeypatch):
     from mobench.methods.logit_ensemble import LogitEnsemble
 
+    tiny = LogitEnsemble.Options.preset("tiny")
     with pytest.raises(MobenchError, match="no option"):
-        LogitEnsemble(top_k=3)
-    assert LogitEnsemble(steps=3).budget_overrides == {"steps": 3}
+        tiny.replace({"top_k": 3})
+    assert LogitEnsemble(tiny.replace({"steps": "3"}, parse=True)).options.experts.steps == 3
     with pytest.raises(MobenchError, match="max_rows must be >= 1"):
-        LogitEnsemble(max_rows=0)
+        tiny.replace({"max_rows": 0})
     with pytest.raises(MobenchError, match="before prepare"):
         LogitEnsemble().generate(["hi"], [Preference((1.0, 0.0))])

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mobench.api import MobenchError, Normalisation, PreferencePair
-from mobench.training.modpo import choose_k, score_differences, weighted_margins
+from mobench.methods.modpo.trainer import choose_k, score_differences, weighted_margins
 
 BETA = 0.1
 
@@ -72,12 +72,12 @@ def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None,
     from peft import LoraConfig
     from trl import DPOTrainer
 
+    from mobench.methods.modpo.trainer import modpo_trainer
     from mobench.models import micro_causal_lm
-    from mobench.training.common import pairs_dataset
-    from mobench.training.modpo import dpo_config, modpo_trainer
+    from mobench.training import DpoBudget, dpo_config, pairs_dataset
 
-    budget = {"steps": 1, "batch_size": len(pairs), "learning_rate": 1e-3, "beta": beta, "max_length": 96}
-    config = dpo_config(budget, str(tmp_path), seed=0, device="cpu")
+    budget = DpoBudget(steps=1, batch_size=len(pairs), learning_rate=1e-3, beta=beta, max_length=96)
+    config = dpo_config(budget, str(tmp_path), seed=0, device="cpu", precompute_ref_log_probs=True)
     # init_lora_weights=False: B is random, so the policy differs from the reference from the start.
     peft = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     model = micro_causal_lm(smol_tokenizer, seed=0)
@@ -131,7 +131,7 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
     from mobench.api import Preference, RunContext, TaskInstance
     from mobench.methods.modpo import Modpo
     from mobench.models import micro_causal_lm
-    from mobench.training.modpo import TRAIN_INFO
+    from mobench.training import TRAIN_INFO, DpoBudget
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     policy = tmp_path / "policy"
@@ -155,14 +155,15 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
         reference_point=(-3.0, -3.0),
         pairs={"brevity": pairs[2:6], "words": pairs[6:]},
         generation={"max_new_tokens": 5, "do_sample": False, "batch_size": 2},
-        budgets={"dpo": {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 96, "lora_r": 4, "n_pairs": 4}},
     )
+    micro = DpoBudget(steps=2, batch_size=2, learning_rate=1e-3, max_length=96, lora_r=4, n_pairs=4)
+    options = Modpo.Options(train=micro, experts=micro)
 
     def record(method, key):
         folder = method.policies[key].split("/")[-1]
         return json.loads((tmp_path / "cache" / "modpo-policies" / folder / TRAIN_INFO).read_text())
 
-    method = Modpo()
+    method = Modpo(options)
     method.prepare(task, RunContext(seed=0, device="cpu"))
     out = method.generate(task.prompts, [Preference((0.0, 1.0)), Preference((0.25, 0.75))])
     assert len(out) == 2 and all(len(r) == 2 for r in out)
@@ -175,30 +176,35 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
     assert corner["steps"] == inner["steps"] == 2
 
     # Implicit margins come from the DPO experts; a second plain run reuses its cached policy.
-    implicit = Modpo(margin="implicit")
+    implicit = Modpo(options.replace({"margin": "implicit"}))
     implicit.prepare(task, RunContext(seed=0, device="cpu"))
     implicit.generate(task.prompts, [Preference((0.25, 0.75))])
     assert implicit.policies["0.250000,0.750000"] != method.policies["0.250000,0.750000"]
     assert any((tmp_path / "cache" / "dpo-experts").iterdir())
-    again = Modpo()
+    again = Modpo(options)
     again.prepare(task, RunContext(seed=0, device="cpu"))
     again.generate(task.prompts, [Preference((0.0, 1.0))])
     assert again.policies["0.000000,1.000000"] == method.policies["0.000000,1.000000"]
     with pytest.raises(MobenchError):
-        Modpo(margin="oracle").prepare(task, RunContext())
+        options.replace({"margin": "oracle"})
 
 
-def test_modpo_budget_options_override_the_task_budget():
-    from mobench.api import RunContext, TaskInstance
+def test_modpo_budget_options_override_the_tiny_budget():
+    from mobench.api import Preference, RunContext, TaskInstance
     from mobench.methods.modpo import Modpo
-    from mobench.training.modpo import modpo_budget
 
     pair = PreferencePair("Q", "a", "b")
     task = TaskInstance("t", "tiny", "p", [CharLength()], ["x"], {"brevity": Normalisation(1.0, 1.0)}, (-1.0,),
-                        pairs={"brevity": [pair]}, budgets={"dpo": {"steps": 32, "n_pairs": 256}})
-    method = Modpo(steps=12, n_pairs=64)
+                        pairs={"brevity": [pair]})
+    tiny = Modpo.Options.preset("tiny")
+    method = Modpo(tiny.replace({"train.steps": "12", "train.n_pairs": "64"}, parse=True))
     method.prepare(task, RunContext())
-    assert modpo_budget(method.task)["steps"] == 12 and modpo_budget(method.task)["n_pairs"] == 64
-    assert modpo_budget(task)["steps"] == 32
-    with pytest.raises(MobenchError, match="margin"):
-        Modpo(num_generations=2)
+    assert method.options.train.steps == 12 and method.options.train.n_pairs == 64
+    assert tiny.train.steps == 32 and method.options.experts.steps == 32  # the preset and the experts are untouched
+    assert method.provenance()["options"]["margin"] == "scores"
+    with pytest.raises(MobenchError, match="no option 'num_generations'"):
+        tiny.replace({"num_generations": 2})
+    with pytest.raises(MobenchError, match="before prepare"):
+        Modpo().generate(["x"], [Preference((1.0,))])
+    with pytest.raises(MobenchError, match="has none"):
+        Modpo().prepare(TaskInstance("t", "tiny", "p", [CharLength()], ["x"]), RunContext())

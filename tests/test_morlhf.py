@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mobench.api import MobenchError, Normalisation, Preference, PreferencePair, RunContext, TaskInstance
-from mobench.training.rl import scalarised_reward, weighted_rewards
+from mobench.training import scalarised_reward, weighted_rewards
 
 
 class Brevity:
@@ -99,7 +99,7 @@ def _real_pairs(data_dir, n, max_chars=200):
 def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer, data_dir, tmp_path, monkeypatch):
     from mobench.methods.morlhf import Morlhf
     from mobench.models import micro_causal_lm
-    from mobench.training.rl import TRAIN_INFO
+    from mobench.training import TRAIN_INFO, RlBudget
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     policy = tmp_path / "policy"
@@ -116,9 +116,9 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
         reference_point=(-3.0, -3.0),
         pairs={"brevity": pairs[3:], "positivity": pairs[3:]},
         generation={"max_new_tokens": 6, "do_sample": False, "batch_size": 3},
-        budgets={"rl": {"steps": 2, "batch_size": 4, "num_generations": 2, "max_new_tokens": 6, "learning_rate": 1e-3, "lora_r": 4, "n_prompts": 6}},
     )
-    method = Morlhf()
+    options = Morlhf.Options(train=RlBudget(steps=2, batch_size=4, num_generations=2, max_new_tokens=6, learning_rate=1e-3, lora_r=4, n_prompts=6))
+    method = Morlhf(options)
     method.prepare(task, RunContext(seed=0, device="cpu"))
     out = method.generate(task.prompts, [Preference((1.0, 0.0)), Preference((0.5, 0.5))])
     assert len(out) == 2 and all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in out)
@@ -132,7 +132,7 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     assert any("reward" in h for h in both["log"])
 
     # A second run finds both policies in the cache and trains nothing.
-    again = Morlhf()
+    again = Morlhf(options)
     again.prepare(task, RunContext(seed=0, device="cpu"))
     start = time.perf_counter()
     again.generate(task.prompts, [Preference((1.0, 0.0))])
@@ -140,18 +140,21 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     assert time.perf_counter() - start < 30
 
 
-def test_budget_options_override_the_task_budget_and_unknown_options_fail():
+def test_budget_options_override_the_tiny_budget_and_unknown_options_fail():
     from mobench.methods.morlhf import Morlhf
-    from mobench.training.rl import rl_budget
 
     pairs = [PreferencePair("\n\nHuman: Hi?\n\nAssistant:", " Hello.", " Go away.")]
-    task = TaskInstance("t", "tiny", "p", [Brevity()], ["other prompt"], NORM, (-1.0,), pairs={"brevity": pairs},
-                        budgets={"rl": {"steps": 8, "batch_size": 8}})
-    method = Morlhf(steps=3, learning_rate=1e-3)
+    task = TaskInstance("t", "tiny", "p", [Brevity()], ["other prompt"], NORM, (-1.0,), pairs={"brevity": pairs})
+    tiny = Morlhf.Options.preset("tiny")
+    method = Morlhf(tiny.replace({"steps": "3", "learning_rate": "1e-3"}, parse=True))
     method.prepare(task, RunContext())
-    assert rl_budget(method.task)["steps"] == 3 and rl_budget(method.task)["batch_size"] == 8
-    assert rl_budget(task)["steps"] == 8  # the task itself is untouched
+    assert method.options.train.steps == 3 and method.options.train.batch_size == 8
+    assert tiny.train.steps == 8  # the preset itself is untouched
+    assert method.prompts == [pairs[0].prompt]  # pair prompts, never the evaluation prompts
+    assert method.provenance()["options"]["train"]["steps"] == 3
     with pytest.raises(MobenchError, match="margin"):
-        Morlhf(margin="scores")
+        tiny.replace({"margin": "scores"})
     with pytest.raises(MobenchError):
-        Morlhf(steps=3, batch_size=6, num_generations=4).prepare(task, RunContext())
+        tiny.replace({"steps": 3, "batch_size": 6, "num_generations": 4})
+    with pytest.raises(MobenchError, match="before prepare"):
+        Morlhf().generate(["hi"], [Preference((1.0,))])

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from mobench.api import MobenchError, Preference, RunContext
-from test_experts import micro_task, save_micro_policy
+from test_experts import micro_budget, micro_task, save_micro_policy
 
 
 def test_one_hot_soup_is_the_expert(tmp_path, monkeypatch, data_dir, smol_tokenizer):
-    from mobench.decoding.generate import generate_responses
+    from mobench.decoding import generate_responses
     from mobench.methods.rewarded_soups import RewardedSoups
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), lr=5e-2)
-    method = RewardedSoups()
+    task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
+    method = RewardedSoups(RewardedSoups.Options(experts=micro_budget(lr=5e-2)))
     method.prepare(task, RunContext(seed=0, device="cpu"))
     model, tok = method.model, method.tokenizer
     assert list(method.experts) == ["harmless", "helpful"]
@@ -43,5 +43,8 @@ def test_one_hot_soup_is_the_expert(tmp_path, monkeypatch, data_dir, smol_tokeni
 
     prov = method.provenance()
     assert prov["experts"]["harmless"]["train"]["steps"] == 2
+    assert prov["options"]["experts"]["steps"] == 2 and prov["options"] == method.options.to_dict()
     with pytest.raises(MobenchError, match="has 3 weights for 2 experts"):
         method.generate(task.prompts, [Preference((0.2, 0.3, 0.5))])
+    with pytest.raises(MobenchError, match="before prepare"):
+        RewardedSoups().generate(task.prompts, [Preference((1.0, 0.0))])

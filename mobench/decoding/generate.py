@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
-from mobench.api import Progress
+from mobench.api import Generation, Progress, RunContext
+
+
+@contextmanager
+def left_padded(tokenizer, progress: Progress | None, description: str, total: int) -> Iterator[object]:
+    """Left padding on ``tokenizer`` and a progress step of ``total`` rows (None without progress) inside the block.
+
+    Decoder-only models must be left-padded so every row's next token follows its own last prompt token;
+    the tokenizer's padding side is restored and the step closed afterwards.
+    """
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    bar = progress.step(description, total=total) if progress is not None else None
+    try:
+        yield bar
+    finally:
+        tokenizer.padding_side = old_side
+        if bar is not None:
+            bar.close()
 
 
 def generate_responses(
     model,
     tokenizer,
     prompts: Sequence[str],
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    batch_size: int = 8,
+    max_new_tokens: int = Generation.max_new_tokens,
+    do_sample: bool = Generation.do_sample,
+    temperature: float = Generation.temperature,
+    batch_size: int = Generation.batch_size,
     seed: int = 0,
     progress: Progress | None = None,
     description: str = "generating",
@@ -23,13 +42,9 @@ def generate_responses(
     import torch
 
     prompts = list(prompts)
-    # Decoder-only models must be left-padded so every row's next token follows its own last prompt token.
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    bar = progress.step(description, total=len(prompts)) if progress is not None else None
     out: list[str] = []
-    try:
+    with left_padded(tokenizer, progress, description, len(prompts)) as bar:
         for start in range(0, len(prompts), max(1, int(batch_size))):
             chunk = prompts[start : start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -46,33 +61,33 @@ def generate_responses(
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
             if bar is not None:
                 bar.advance(len(chunk))
-    finally:
-        tokenizer.padding_side = old_side
-        if bar is not None:
-            bar.close()
     return out
 
 
-def generate_for_task(model, tokenizer, prompts: Sequence[str], task, context, description: str) -> list[str]:
-    """generate_responses with the task's decoding settings (task.generation) and the run's seed and progress."""
-    gen = task.generation
+def generate_for_task(model, tokenizer, prompts: Sequence[str], generation: Generation, context: RunContext,
+                      description: str) -> list[str]:
+    """generate_responses with a task's decoding settings (``task.generation``) and the run's seed and progress."""
+    from mobench.decoding.loop import DecodeSettings
+
+    s = DecodeSettings.from_generation(generation, context.seed)
     return generate_responses(
         model,
         tokenizer,
         prompts,
-        max_new_tokens=gen.get("max_new_tokens", 64),
-        do_sample=gen.get("do_sample", False),
-        temperature=gen.get("temperature", 1.0),
-        batch_size=gen.get("batch_size", 8),
-        seed=context.seed,
+        max_new_tokens=s.max_new_tokens,
+        do_sample=s.do_sample,
+        temperature=s.temperature,
+        batch_size=s.batch_size,
+        seed=s.seed,
         progress=context.progress,
         description=description,
     )
 
 
-def generate_with_adapter(task, adapter_path, prompts: Sequence[str], context, description: str) -> list[str]:
-    """Decode ``prompts`` with the task policy plus one LoRA adapter (merged into the weights: one policy per point)."""
+def generate_with_adapter(policy: str, adapter_path, prompts: Sequence[str], generation: Generation, context: RunContext,
+                          description: str) -> list[str]:
+    """Decode ``prompts`` with ``policy`` plus one saved LoRA adapter (merged into the weights: one policy per point)."""
     from mobench.training.common import load_policy_with_adapters, resolve_device
 
-    model, tok = load_policy_with_adapters(task.policy, {"policy": adapter_path}, resolve_device(context))
-    return generate_for_task(model.merge_and_unload(), tok, prompts, task, context, description)
+    model, tok = load_policy_with_adapters(policy, {"policy": adapter_path}, resolve_device(context))
+    return generate_for_task(model.merge_and_unload(), tok, prompts, generation, context, description)

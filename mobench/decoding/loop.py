@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from mobench.api import MobenchError, Progress
+from mobench.api import Generation, MobenchError, Progress
+from mobench.decoding.generate import left_padded
 
 Combiner = Callable[[list, "object"], "object"]  # (logprobs per scorer [rows, V], weights [rows, K]) -> scores [rows, V]
 
@@ -85,24 +86,19 @@ def logit_ensemble(logprobs: list, weights):
 
 @dataclass
 class DecodeSettings:
-    """Decoding settings shared by the loop's callers (read from task.generation)."""
+    """Decoding settings of the loop: a task's :class:`~mobench.api.Generation` plus the run's seed."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    batch_size: int = 8
+    max_new_tokens: int = Generation.max_new_tokens
+    do_sample: bool = Generation.do_sample
+    temperature: float = Generation.temperature
+    batch_size: int = Generation.batch_size
     seed: int = 0
 
     @classmethod
-    def from_task(cls, generation: dict, seed: int = 0) -> "DecodeSettings":
-        g = generation or {}
-        return cls(
-            max_new_tokens=int(g.get("max_new_tokens", 64)),
-            do_sample=bool(g.get("do_sample", False)),
-            temperature=float(g.get("temperature", 1.0) or 1.0),
-            batch_size=int(g.get("batch_size", 8)),
-            seed=int(seed),
-        )
+    def from_generation(cls, generation: Generation, seed: int = 0) -> "DecodeSettings":
+        """The settings of ``generation`` (a Generation, or a dict of its fields) with ``seed``: the one reader."""
+        g = Generation.of(generation)
+        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size), int(seed))
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -137,12 +133,9 @@ def decode_tokens(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_token_ids[0])
     eos = torch.tensor(list(eos_token_ids), device=device, dtype=torch.long)
     eos_set = {int(i) for i in eos_token_ids}
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # every row's next token follows its own last prompt token
-    bar = progress.step(description, total=len(prompts)) if progress is not None else None
     out: list[list[int]] = []
     step_size = max(1, int(settings.batch_size))
-    try:
+    with left_padded(tokenizer, progress, description, len(prompts)) as bar:
         for start in range(0, len(prompts), step_size):
             chunk = list(prompts[start : start + step_size])
             w = torch.tensor([list(x) for x in weights[start : start + step_size]], dtype=torch.float32, device=device)
@@ -191,10 +184,6 @@ def decode_tokens(
                 out.append(row[:cut])
             if bar is not None:
                 bar.advance(len(chunk))
-    finally:
-        tokenizer.padding_side = old_side
-        if bar is not None:
-            bar.close()
     return out
 
 
@@ -206,10 +195,12 @@ def decode(
     weights: Sequence[Sequence[float]],
     settings: DecodeSettings,
     eos_token_ids: Sequence[int] | None = None,
-    progress: Progress | None = None,
-    description: str = "decoding",
+    **kwargs,
 ) -> list[str]:
-    """Decoded responses per row (special tokens dropped); see :func:`decode_tokens`."""
+    """Decoded responses per row (special tokens dropped); EOS ids default to :func:`eos_ids` of the first scorer.
+
+    ``kwargs`` (``progress``, ``description``) go to :func:`decode_tokens`.
+    """
     eos = list(eos_token_ids) if eos_token_ids is not None else eos_ids(scorers[0].model, tokenizer)
-    ids = decode_tokens(scorers, combiner, tokenizer, prompts, weights, settings, eos, progress, description)
+    ids = decode_tokens(scorers, combiner, tokenizer, prompts, weights, settings, eos, **kwargs)
     return tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -1,1 +1,90 @@
-"""Shared trainers over trl: DPO experts, margin-DPO, RL with weighted rewards."""
+"""Shared trainers over trl, the public API that methods (built-in plugins included) train with.
+
+Trainers take what they need (a policy id, pairs or prompts, a typed budget, the run context), never a
+whole task; each result is a saved LoRA adapter folder in the artifact cache, keyed by everything that
+determines it, so a second method or run trains nothing. Importing this package imports no torch.
+
+Budgets (:class:`mobench.options.Options` with tiny and paper presets)
+    ``LoraBudget`` (the adapter), ``DpoBudget`` (LoRA DPO), ``RlBudget`` (LoRA RLOO on weighted rewards).
+
+DPO experts (one per objective, trl's DPOTrainer, the policy with its adapter disabled as reference)
+    ``train_dpo_expert(policy, objective, pairs, budget, context)`` -> adapter folder;
+    ``load_experts(policy, pairs, budget, context, objectives)`` -> {objective: folder};
+    ``load_expert_policy(...)`` -> (peft model with one adapter per objective, tokenizer, experts);
+    ``expert_key``, ``expert_pairs``, ``expert_record``; ``dpo_config`` and ``dpo_hyper`` (trl's DPOConfig
+    and the key's hyper-parameters from a budget, for other DPO-style trainers); ``DPO_RECIPE``.
+
+RL on a weighted sum of z-scored rewards (trl's RLOOTrainer)
+    ``train_rl_policy(policy, objectives, normalisation, weights, prompts, budget, context)`` -> folder;
+    ``training_prompts(task, n, seed, max_chars)`` (pair prompts, never evaluation prompts);
+    ``weighted_rewards``, ``scalarised_reward``, ``objective_reward``, ``rloo_config``.
+
+Pieces for writing a trainer
+    ``lora_config(budget)``, ``lora_key(budget)``, ``policy_fingerprint(policy)``, ``key_environment(policy,
+    context)`` (base, seed, precision, library versions of a key), ``TRAINING_LIBRARIES``,
+    ``load_for_training(policy, context)``, ``train_and_save(trainer, out, device, record)`` (runs a trl
+    trainer, saves adapter and record ``TRAIN_INFO``), ``pairs_dataset``, ``data_hash``, ``truncate_prompts``,
+    ``completion_positions_only``, ``checkpointing_kwarg``, ``silence_console``, ``quiet_datasets``,
+    ``progress_callback``, ``context_seed``, ``weights_label``.
+
+Loading
+    ``load_policy_with_adapters(policy, {name: folder}, device)``, ``load_adapter``, ``resolve_device(context)``.
+"""
+
+from mobench.training.common import (
+    TRAIN_INFO,
+    TRAINING_LIBRARIES,
+    LoraBudget,
+    checkpointing_kwarg,
+    completion_positions_only,
+    context_seed,
+    data_hash,
+    key_environment,
+    load_adapter,
+    load_for_training,
+    load_policy_with_adapters,
+    lora_config,
+    lora_key,
+    pairs_dataset,
+    policy_fingerprint,
+    progress_callback,
+    quiet_datasets,
+    resolve_device,
+    silence_console,
+    train_and_save,
+    truncate_prompts,
+    weights_label,
+)
+from mobench.training.dpo import (
+    DPO_RECIPE,
+    DpoBudget,
+    dpo_config,
+    dpo_hyper,
+    expert_key,
+    expert_pairs,
+    expert_record,
+    load_expert_policy,
+    load_experts,
+    train_dpo_expert,
+)
+from mobench.training.rl import (
+    RlBudget,
+    objective_reward,
+    rloo_config,
+    scalarised_reward,
+    train_rl_policy,
+    training_prompts,
+    weighted_rewards,
+)
+
+__all__ = [
+    "LoraBudget", "DpoBudget", "RlBudget",
+    "train_dpo_expert", "load_experts", "load_expert_policy", "expert_key", "expert_pairs", "expert_record",
+    "dpo_config", "dpo_hyper", "DPO_RECIPE",
+    "train_rl_policy", "training_prompts", "weighted_rewards", "scalarised_reward", "objective_reward", "rloo_config",
+    "lora_config", "lora_key", "policy_fingerprint", "key_environment", "TRAINING_LIBRARIES", "TRAIN_INFO",
+    "load_for_training", "train_and_save", "pairs_dataset", "data_hash", "truncate_prompts",
+    "completion_positions_only", "checkpointing_kwarg", "silence_console", "quiet_datasets", "progress_callback",
+    "context_seed", "weights_label",
+    "load_policy_with_adapters", "load_adapter", "resolve_device",
+]

@@ -1,9 +1,11 @@
-"""Pieces every trainer shares: LoRA configs, progress callbacks, trl datasets, data hashes, adapter loading."""
+"""Pieces every trainer shares: LoRA configs, artifact-key parts, the train-and-save skeleton, trl datasets, adapter loading."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,8 @@ from mobench.options import Options, option
 
 # The libraries whose versions change what a trainer produces; part of every artifact key.
 TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets")
-
-LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all-linear"}
+# The training record saved beside every trained adapter (seconds, loss log), read by expert_record.
+TRAIN_INFO = "mobench-train.json"
 
 
 @dataclass(frozen=True)
@@ -34,27 +36,26 @@ class LoraBudget(Options):
             raise MobenchError(f"lora_dropout must be in [0, 1), not {self.lora_dropout!r}")
 
 
-def lora_config(budget: dict[str, Any]):
-    """A peft LoraConfig for a causal LM from a budget dict (lora_r, lora_alpha, lora_dropout, lora_target)."""
+def lora_config(budget: LoraBudget):
+    """A peft LoraConfig for a causal LM from a budget's LoRA fields (lora_alpha None: 2 x rank)."""
     from peft import LoraConfig
 
-    b = {**LORA_DEFAULTS, **{k: v for k, v in budget.items() if k in LORA_DEFAULTS and v is not None}}
-    r = int(b["lora_r"])
+    r = int(budget.lora_r)
     if r <= 0:
-        raise MobenchError(f"lora_r must be a positive integer, not {b['lora_r']!r}")
+        raise MobenchError(f"lora_r must be a positive integer, not {budget.lora_r!r}")
     return LoraConfig(
         r=r,
         # alpha = 2r is the usual choice; the merge code reads the scaling from the saved config anyway.
-        lora_alpha=int(b["lora_alpha"] or 2 * r),
-        lora_dropout=float(b["lora_dropout"]),
-        target_modules=b["lora_target"],
+        lora_alpha=int(budget.lora_alpha or 2 * r),
+        lora_dropout=float(budget.lora_dropout),
+        target_modules=budget.lora_target,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def lora_key(budget: dict[str, Any]) -> dict[str, Any]:
-    """The LoRA hyper-parameters as they enter an artifact key (defaults filled in)."""
+def lora_key(budget: LoraBudget) -> dict[str, Any]:
+    """The LoRA hyper-parameters as they enter an artifact key (alpha filled in)."""
     cfg = lora_config(budget)
     target = cfg.target_modules
     return {
@@ -63,6 +64,80 @@ def lora_key(budget: dict[str, Any]) -> dict[str, Any]:
         "dropout": cfg.lora_dropout,
         "target": sorted(target) if isinstance(target, (set, list, tuple)) else target,
     }
+
+
+def policy_fingerprint(policy: str) -> dict[str, Any]:
+    """What identifies the base model in a key: the alias or hub id, or a local folder's file contents."""
+    if not os.path.isdir(policy):
+        return {"policy": policy}
+    # A local folder (tests, user checkpoints) is identified by its content, not by where it lies.
+    h = hashlib.sha256()
+    for path in sorted(Path(policy).iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".model", ".txt"):
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+    return {"policy": "local-folder", "content_sha256": h.hexdigest()}
+
+
+def context_seed(context: RunContext | None) -> int:
+    """The run's seed (0 without a context)."""
+    return int(context.seed if context is not None else 0)
+
+
+def key_environment(policy: str, context: RunContext | None) -> dict[str, Any]:
+    """The artifact-key parts every trainer shares: base model, seed, precision on the device, library versions."""
+    from mobench.artifacts import library_versions
+    from mobench.models import default_dtype
+
+    return {
+        "base": policy_fingerprint(policy),
+        "seed": context_seed(context),
+        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
+        "versions": library_versions(*TRAINING_LIBRARIES),
+    }
+
+
+def load_for_training(policy: str, context: RunContext | None):
+    """``(model, tokenizer, device, seed)``: torch seeded from the run, the policy loaded on the run's device."""
+    import torch
+
+    from mobench.models import load_causal_lm
+
+    device = resolve_device(context)
+    seed = context_seed(context)
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(policy, device=device)
+    return model, tok, device, seed
+
+
+def train_and_save(trainer, out: str | Path, device: str, record: dict[str, Any], log_keys: Sequence[str] = ("loss",)) -> dict[str, Any]:
+    """Run a trl trainer (console printers dropped), save its adapter into ``out`` with the training record.
+
+    The record is ``record`` plus train_seconds, device, steps, train_loss and the log entries that hold
+    any of ``log_keys``; it is written to ``out/TRAIN_INFO`` and returned.
+    """
+    silence_console(trainer)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.model.save_pretrained(str(out))
+    record = {
+        **record,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "log": [h for h in trainer.state.log_history if any(k in h for k in log_keys)],
+    }
+    (Path(out) / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def weights_label(weights: Sequence[float]) -> str:
+    """``w=(0.5, 0.5)``: a preference as progress descriptions show it."""
+    return f"w=({', '.join(f'{w:g}' for w in weights)})"
 
 
 def progress_callback(context: RunContext | None, description: str):
@@ -196,6 +271,7 @@ def checkpointing_kwarg(config_cls, enabled: bool = False) -> dict[str, bool]:
     fields = getattr(config_cls, "__dataclass_fields__", {})
     name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return {name: bool(enabled)}
+
 
 def silence_console(trainer):
     """Drop transformers' console printers (log dicts, tqdm): progress goes to context.progress instead."""

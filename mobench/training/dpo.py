@@ -1,31 +1,36 @@
-"""Per-objective experts: LoRA DPO with trl's DPOTrainer against the task policy, through the artifact cache."""
+"""Per-objective experts: LoRA DPO with trl's DPOTrainer against the policy, through the artifact cache.
+
+A trainer takes what it needs (the policy id, an objective's pairs, a :class:`DpoBudget`, the run
+context), never a whole task. ``dpo_config`` and ``dpo_hyper`` are shared with other DPO-style
+trainers (MODPO's margin-DPO), so they build trl's config and key the same way.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import tempfile
-import time
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
-from mobench.api import MobenchError, RunContext, TaskInstance
+from mobench.api import MobenchError, PreferencePair, RunContext
 from mobench.options import option
 from mobench.training.common import (
     LoraBudget,
-    TRAINING_LIBRARIES,
-    completion_positions_only,
     checkpointing_kwarg,
+    completion_positions_only,
     data_hash,
+    key_environment,
+    load_for_training,
+    load_policy_with_adapters,
     lora_config,
     lora_key,
     pairs_dataset,
     progress_callback,
     quiet_datasets,
-    silence_console,
     resolve_device,
+    TRAIN_INFO,
+    train_and_save,
     truncate_prompts,
 )
 
@@ -62,167 +67,120 @@ class DpoBudget(LoraBudget):
 
 
 EXPERT_KIND = "dpo-experts"
-DPO_DEFAULTS: dict[str, Any] = {
-    "steps": 32,
-    "batch_size": 8,
-    "learning_rate": 5e-4,
-    "beta": 0.1,
-    "max_length": 256,
-    "lora_r": 16,
-    "n_pairs": 256,
-}
-TRAIN_INFO = "mobench-train.json"
 # Bumped when mobench's own data handling around trl changes (prompt truncation rule), so old experts are not reused.
-RECIPE = 2
+DPO_RECIPE = 2
+# Schedule fields that enter a key only when they differ from these defaults (keys stay as they were).
+_SCHEDULE_DEFAULTS = {"gradient_accumulation_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "linear"}
 
 
-def dpo_budget(task: TaskInstance) -> dict[str, Any]:
-    """The task's DPO budget with defaults filled in for absent keys."""
-    given = task.budgets.get("dpo") or {}
-    return {**DPO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+def dpo_hyper(budget: DpoBudget) -> dict[str, Any]:
+    """A DPO budget's hyper-parameters as they enter an artifact key (schedule fields only when not default)."""
+    hyper: dict[str, Any] = {
+        "steps": int(budget.steps),
+        "batch_size": int(budget.batch_size),
+        "learning_rate": float(budget.learning_rate),
+        "beta": float(budget.beta),
+        "max_length": int(budget.max_length),
+        "lora": lora_key(budget),
+    }
+    for name, default in _SCHEDULE_DEFAULTS.items():
+        if getattr(budget, name) != default:
+            hyper[name] = getattr(budget, name)
+    return hyper
 
 
-def with_dpo_budget(task: TaskInstance, overrides: dict[str, Any]) -> TaskInstance:
-    """A copy of ``task`` whose DPO budget has ``overrides`` (method options such as -o steps=8); unknown keys: MobenchError."""
-    import dataclasses
+def dpo_config(budget: DpoBudget, output_dir: str, seed: int, device: str, precompute_ref_log_probs: bool = False):
+    """trl's DPOConfig for a LoRA DPO (or margin-DPO) run from a budget, on ``device``."""
+    from trl import DPOConfig
 
-    unknown = sorted(set(overrides) - set(DPO_DEFAULTS))
-    if unknown:
-        raise MobenchError(f"unknown DPO budget key(s) {', '.join(unknown)}; known: {', '.join(sorted(DPO_DEFAULTS))}")
-    if not overrides:
-        return task
-    budgets = {**task.budgets, "dpo": {**(task.budgets.get("dpo") or {}), **overrides}}
-    return dataclasses.replace(task, budgets=budgets)
+    on_cuda = str(device).startswith("cuda")
+    return DPOConfig(
+        output_dir=output_dir,
+        max_steps=int(budget.steps),
+        per_device_train_batch_size=int(budget.batch_size),
+        gradient_accumulation_steps=int(budget.gradient_accumulation_steps),
+        learning_rate=float(budget.learning_rate),
+        lr_scheduler_type=budget.lr_scheduler_type,
+        warmup_steps=int(budget.warmup_steps),
+        beta=float(budget.beta),
+        max_length=int(budget.max_length),
+        precompute_ref_log_probs=bool(precompute_ref_log_probs),
+        seed=int(seed),
+        data_seed=int(seed),
+        bf16=on_cuda,
+        use_cpu=not on_cuda,
+        **checkpointing_kwarg(DPOConfig, budget.gradient_checkpointing),
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, int(budget.steps) // 4),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
 
 
-def policy_fingerprint(policy: str) -> dict[str, Any]:
-    """What identifies the base model in a key: the alias or hub id, or a local folder's file contents."""
-    if not os.path.isdir(policy):
-        return {"policy": policy}
-    # A local folder (tests, user checkpoints) is identified by its content, not by where it lies.
-    h = hashlib.sha256()
-    for path in sorted(Path(policy).iterdir()):
-        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".model", ".txt"):
-            h.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-    return {"policy": "local-folder", "content_sha256": h.hexdigest()}
-
-
-def _expert_pairs(task: TaskInstance, objective: str, n_pairs: int):
-    pairs = task.pairs.get(objective)
+def expert_pairs(objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget) -> list[PreferencePair]:
+    """The pairs an expert trains on: the first ``budget.n_pairs`` of the objective's seeded list."""
     if not pairs:
-        have = ", ".join(sorted(k for k, v in task.pairs.items() if v)) or "none"
-        raise MobenchError(f"task {task.name!r} has no preference pairs for objective {objective!r} (pairs for: {have})")
-    return list(pairs)[: int(n_pairs)]
+        raise MobenchError(f"no preference pairs for objective {objective!r}")
+    return list(pairs)[: int(budget.n_pairs)]
 
 
-def expert_key(task: TaskInstance, objective: str, context: RunContext | None = None) -> dict[str, Any]:
+def expert_key(policy: str, objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget,
+               context: RunContext | None = None) -> dict[str, Any]:
     """Everything that determines the expert: base, objective, data, hyper-parameters, seed, precision, versions."""
-    from mobench.artifacts import library_versions
-    from mobench.models import default_dtype
-
-    budget = dpo_budget(task)
-    pairs = _expert_pairs(task, objective, budget["n_pairs"])
-    device = resolve_device(context)
+    used = expert_pairs(objective, pairs, budget)
     return {
         "trainer": "trl-dpo-lora",
-        "recipe": RECIPE,
-        "base": policy_fingerprint(task.policy),
+        "recipe": DPO_RECIPE,
         "objective": objective,
-        "data": {"sha256": data_hash(pairs), "n_pairs": len(pairs)},
-        "hyper": {
-            "steps": int(budget["steps"]),
-            "batch_size": int(budget["batch_size"]),
-            "learning_rate": float(budget["learning_rate"]),
-            "beta": float(budget["beta"]),
-            "max_length": int(budget["max_length"]),
-            "lora": lora_key(budget),
-        },
-        "seed": int(context.seed if context is not None else 0),
-        "precision": str(default_dtype(device)).replace("torch.", ""),
-        "versions": library_versions(*TRAINING_LIBRARIES),
+        "data": {"sha256": data_hash(used), "n_pairs": len(used)},
+        "hyper": dpo_hyper(budget),
+        **key_environment(policy, context),
     }
 
 
-# Shared with other trl trainers (MODPO); kept under the old private names for their imports.
-_truncate_prompts = truncate_prompts
-_completion_positions_only = completion_positions_only
-
-
-def _train(task: TaskInstance, objective: str, context: RunContext | None, out: Path) -> None:
+def _train(policy: str, objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget,
+           context: RunContext | None, out: Path) -> None:
     """Train one LoRA DPO expert and save the adapter (and a training record) into ``out``."""
-    import torch
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    from mobench.models import load_causal_lm
-
-    budget = dpo_budget(task)
-    device = resolve_device(context)
-    seed = int(context.seed if context is not None else 0)
-    torch.manual_seed(seed)
-    model, tok = load_causal_lm(task.policy, device=device)
-    pairs = truncate_prompts(_expert_pairs(task, objective, budget["n_pairs"]), tok, int(budget["max_length"]))
-    on_cuda = str(device).startswith("cuda")
+    model, tok, device, seed = load_for_training(policy, context)
+    used = truncate_prompts(expert_pairs(objective, pairs, budget), tok, int(budget.max_length))
     with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch, quiet_datasets():
-        args = DPOConfig(
-            output_dir=scratch,
-            max_steps=int(budget["steps"]),
-            per_device_train_batch_size=int(budget["batch_size"]),
-            learning_rate=float(budget["learning_rate"]),
-            beta=float(budget["beta"]),
-            max_length=int(budget["max_length"]),
-            seed=seed,
-            data_seed=seed,
-            **checkpointing_kwarg(DPOConfig, False),
-            bf16=on_cuda,
-            use_cpu=not on_cuda,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=max(1, int(budget["steps"]) // 4),
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
         trainer = DPOTrainer(
             model=model,
             ref_model=None,  # with a peft adapter trl scores the reference with the adapter disabled
-            args=args,
-            train_dataset=pairs_dataset(pairs),
+            args=dpo_config(budget, scratch, seed, device),
+            train_dataset=pairs_dataset(used),
             processing_class=tok,
             peft_config=lora_config(budget),
-            callbacks=[progress_callback(context, f"DPO expert {task.name}/{objective}")],
+            callbacks=[progress_callback(context, f"DPO expert {objective}")],
         )
-        silence_console(trainer)
-        start = time.perf_counter()
         with completion_positions_only():
-            result = trainer.train()
-        seconds = time.perf_counter() - start
-    trainer.model.save_pretrained(str(out))
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    record = {
-        "objective": objective,
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-        "steps": int(trainer.state.global_step),
-        "train_loss": float(result.training_loss),
-        "log": logs,
-    }
-    (out / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+            train_and_save(trainer, out, device, {"objective": objective})
 
 
-def train_dpo_expert(task: TaskInstance, objective: str, context: RunContext | None = None) -> Path:
-    """The folder of objective's LoRA DPO expert adapter for ``task``, trained only if not cached yet."""
+def train_dpo_expert(policy: str, objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget,
+                     context: RunContext | None = None) -> Path:
+    """The folder of ``objective``'s LoRA DPO expert on ``policy``, trained only if not cached yet.
+
+    ``pairs`` is the objective's full seeded pair list; the expert trains on the first ``budget.n_pairs``.
+    """
     from mobench.artifacts import get_or_build
 
-    key = expert_key(task, objective, context)
-    return get_or_build(EXPERT_KIND, key, lambda out: _train(task, objective, context, out))
+    key = expert_key(policy, objective, pairs, budget, context)
+    return get_or_build(EXPERT_KIND, key, lambda out: _train(policy, objective, pairs, budget, context, out))
 
 
-def load_experts(task: TaskInstance, context: RunContext | None = None, objectives: list[str] | None = None) -> dict[str, Path]:
-    """Expert adapter folders for each objective of the task (in objective order), training missing ones."""
-    names = objectives or task.objective_names
-    return {name: train_dpo_expert(task, name, context) for name in names}
+def load_experts(policy: str, pairs: dict[str, list[PreferencePair]], budget: DpoBudget, context: RunContext | None = None,
+                 objectives: Sequence[str] | None = None) -> dict[str, Path]:
+    """Expert adapter folders per objective (``objectives``, default every key of ``pairs``, in order), training missing ones."""
+    names = list(objectives) if objectives is not None else list(pairs)
+    for name in names:
+        if not pairs.get(name):
+            have = ", ".join(sorted(k for k, v in pairs.items() if v)) or "none"
+            raise MobenchError(f"no preference pairs for objective {name!r} (pairs for: {have})")
+    return {name: train_dpo_expert(policy, name, pairs[name], budget, context) for name in names}
 
 
 def expert_record(path: Path) -> dict[str, Any]:
@@ -231,14 +189,13 @@ def expert_record(path: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.exists() else {}
 
 
-def load_expert_policy(task: TaskInstance, context: RunContext | None = None, objectives: list[str] | None = None):
+def load_expert_policy(policy: str, pairs: dict[str, list[PreferencePair]], budget: DpoBudget,
+                       context: RunContext | None = None, objectives: Sequence[str] | None = None):
     """Train or reuse each objective's expert and load them as named adapters on one copy of the policy.
 
     Returns ``(peft_model, tokenizer, experts)`` with ``experts`` mapping objective name -> adapter folder
-    (adapter names are the objective names, in the task's objective order).
+    (adapter names are the objective names, in order).
     """
-    from mobench.training.common import load_policy_with_adapters
-
-    experts = load_experts(task, context, objectives)
-    model, tok = load_policy_with_adapters(task.policy, experts, resolve_device(context))
+    experts = load_experts(policy, pairs, budget, context, objectives)
+    model, tok = load_policy_with_adapters(policy, experts, resolve_device(context))
     return model, tok, experts

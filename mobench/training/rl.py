@@ -12,17 +12,29 @@ tiny-scale runs cheap. It takes several reward functions with ``reward_weights``
 with LoRA the reference policy is the base model with the adapter disabled.
 
 Each objective's reward is its score normalised by the task's statistics (z = direction (s - mean) / std),
-so that w_i weighs comparable quantities. Objectives with zero weight are not scored at all.
+so that w_i weighs comparable quantities. Objectives with zero weight are not scored at all. The trainer
+takes what it needs (policy, objectives, normalisation, weights, prompts, an :class:`RlBudget`), not a task.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from mobench.api import MobenchError, Normalisation, Objective, RunContext, TaskInstance
+from mobench.api import MobenchError, Normalisation, Objective, RunContext, TaskInstance, prompts_sha256
 from mobench.options import option
-from mobench.training.common import LoraBudget
+from mobench.training.common import (
+    LoraBudget,
+    checkpointing_kwarg,
+    key_environment,
+    load_for_training,
+    lora_config,
+    lora_key,
+    progress_callback,
+    train_and_save,
+    weights_label,
+)
 
 @dataclass(frozen=True)
 class RlBudget(LoraBudget):
@@ -56,30 +68,9 @@ class RlBudget(LoraBudget):
 
 
 RL_KIND = "morlhf-policies"
-TRAIN_INFO = "mobench-train.json"
-RL_DEFAULTS: dict[str, Any] = {
-    "steps": 24,  # optimiser steps
-    "batch_size": 8,  # completions per step, as in trl: batch_size / num_generations prompts
-    "num_generations": 2,
-    "max_new_tokens": 32,
-    "learning_rate": 2e-4,
-    "beta_kl": 0.05,
-    "temperature": 1.0,
-    "lora_r": 16,
-    "n_prompts": 64,
-    "max_prompt_chars": 800,  # longer (multi-turn) prompts are left out: every RL step generates from them
-}
-BUDGET_KEYS = frozenset(RL_DEFAULTS) | {"gradient_checkpointing", "lora_alpha", "lora_dropout", "lora_target"}
-
-
-def rl_budget(task: TaskInstance) -> dict[str, Any]:
-    """The task's "rl" budget with defaults filled in for absent keys."""
-    given = task.budgets.get("rl") or {}
-    budget = {**RL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
-    if generations < 2 or batch % generations:
-        raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {generations} and {batch}")
-    return budget
+# The budget fields in a policy's key (all but LoRA, which enters as lora_key, and activation checkpointing).
+_HYPER = ("batch_size", "beta_kl", "learning_rate", "max_new_tokens", "max_prompt_chars", "n_prompts",
+          "num_generations", "steps", "temperature")
 
 
 def objective_reward(objective: Objective, norm: Normalisation) -> Callable[..., list[float]]:
@@ -141,93 +132,66 @@ def training_prompts(task: TaskInstance, n: int, seed: int, max_chars: int | Non
     return prompts[: int(n)]
 
 
-def rloo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
+def rloo_config(budget: RlBudget, output_dir: str, seed: int, device: str):
     """trl's RLOOConfig from a budget: batch_size completions (num_generations per prompt) per optimiser step."""
     from trl import RLOOConfig
 
-    from mobench.training.common import checkpointing_kwarg
-
     on_cuda = str(device).startswith("cuda")
-    generations, batch = int(budget["num_generations"]), int(budget["batch_size"])
     return RLOOConfig(
         output_dir=output_dir,
-        max_steps=int(budget["steps"]),
-        per_device_train_batch_size=batch,
-        num_generations=generations,
-        max_completion_length=int(budget["max_new_tokens"]),
-        temperature=float(budget["temperature"]),
-        learning_rate=float(budget["learning_rate"]),
-        beta=float(budget["beta_kl"]),
+        max_steps=int(budget.steps),
+        per_device_train_batch_size=int(budget.batch_size),
+        num_generations=int(budget.num_generations),
+        max_completion_length=int(budget.max_new_tokens),
+        temperature=float(budget.temperature),
+        learning_rate=float(budget.learning_rate),
+        beta=float(budget.beta_kl),
         seed=int(seed),
         data_seed=int(seed),
         bf16=on_cuda,
         use_cpu=not on_cuda,
-        **checkpointing_kwarg(RLOOConfig, budget.get("gradient_checkpointing", False)),
+        **checkpointing_kwarg(RLOOConfig, budget.gradient_checkpointing),
         disable_dropout=True,
         save_strategy="no",
         report_to="none",
-        logging_steps=max(1, int(budget["steps"]) // 4),
+        logging_steps=max(1, int(budget.steps) // 4),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
 
 
-def policy_key(task: TaskInstance, weights: Sequence[float], context: RunContext | None) -> dict[str, Any]:
-    """Everything that determines the MORLHF policy at ``weights``."""
-    import hashlib
-
-    from mobench.artifacts import library_versions
-    from mobench.models import default_dtype
-    from mobench.training.common import TRAINING_LIBRARIES, lora_key, resolve_device
-    from mobench.training.dpo import policy_fingerprint
-
-    budget = rl_budget(task)
-    seed = int(context.seed if context is not None else 0)
-    prompts = training_prompts(task, budget["n_prompts"], seed, budget["max_prompt_chars"])
+def policy_key(policy: str, objectives: Sequence[Objective], normalisation: dict[str, Normalisation],
+               weights: Sequence[float], prompts: Sequence[str], budget: RlBudget,
+               context: RunContext | None = None) -> dict[str, Any]:
+    """Everything that determines the RL policy at ``weights``: base, rewards, prompts, budget, seed, precision, versions."""
+    weighted_rewards(objectives, normalisation, weights)  # the same checks as training, before any key is made
     return {
         "trainer": "trl-rloo-lora",
-        "base": policy_fingerprint(task.policy),
-        "task": task.name,
-        "scale": task.scale,
         "weights": [round(float(w), 6) for w in weights],
         "rewards": {
             o.name: {
                 "direction": o.direction,
-                "normalisation": [task.normalisation[o.name].mean, task.normalisation[o.name].std],
+                "normalisation": [normalisation[o.name].mean, normalisation[o.name].std],
                 "provenance": o.provenance(),
             }
-            for o, w in zip(task.objectives, weights)
+            for o, w in zip(objectives, weights)
             if w > 0
         },
-        "prompts": {"sha256": hashlib.sha256("\x1e".join(prompts).encode()).hexdigest(), "n": len(prompts)},
-        "hyper": {k: budget[k] for k in sorted(RL_DEFAULTS) if not k.startswith("lora")} | {"lora": lora_key(budget)},
-        "seed": seed,
-        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
-        "versions": library_versions(*TRAINING_LIBRARIES),
+        "prompts": {"sha256": prompts_sha256(prompts), "n": len(prompts)},
+        "hyper": {k: getattr(budget, k) for k in _HYPER} | {"lora": lora_key(budget)},
+        **key_environment(policy, context),
     }
 
 
-def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | None, out) -> None:
-    import json
+def _train(policy: str, objectives: Sequence[Objective], normalisation: dict[str, Normalisation], weights: Sequence[float],
+           prompts: Sequence[str], budget: RlBudget, context: RunContext | None, out) -> None:
     import tempfile
-    import time
-    from pathlib import Path
 
-    import torch
     from datasets import Dataset
     from trl import RLOOTrainer
 
-    from mobench.models import load_causal_lm
-    from mobench.training.common import lora_config, progress_callback, silence_console, resolve_device
-
-    budget = rl_budget(task)
-    device = resolve_device(context)
-    seed = int(context.seed if context is not None else 0)
-    torch.manual_seed(seed)
-    model, tok = load_causal_lm(task.policy, device=device)
-    funcs, ws = weighted_rewards(task.objectives, task.normalisation, weights)
-    prompts = training_prompts(task, budget["n_prompts"], seed, budget["max_prompt_chars"])
-    label = f"MORLHF {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
+    model, tok, device, seed = load_for_training(policy, context)
+    funcs, ws = weighted_rewards(objectives, normalisation, weights)
     with tempfile.TemporaryDirectory(prefix="mobench-rl-") as scratch:
         config = rloo_config(budget, scratch, seed, device)
         config.reward_weights = ws
@@ -235,32 +199,26 @@ def _train(task: TaskInstance, weights: Sequence[float], context: RunContext | N
             model=model,
             reward_funcs=funcs,
             args=config,
-            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
             processing_class=tok,
             peft_config=lora_config(budget),
-            callbacks=[progress_callback(context, label)],
+            callbacks=[progress_callback(context, f"RL policy {weights_label(weights)}")],
         )
-        silence_console(trainer)
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-    trainer.model.save_pretrained(str(out))
-    record = {
-        "weights": list(weights),
-        "rewards": [f.__name__ for f in funcs],
-        "reward_weights": ws,
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-        "steps": int(trainer.state.global_step),
-        "train_loss": float(result.training_loss),
-        "log": [h for h in trainer.state.log_history if "reward" in h or "loss" in h],
-    }
-    (Path(out) / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+        record = {"weights": list(weights), "rewards": [f.__name__ for f in funcs], "reward_weights": ws}
+        train_and_save(trainer, out, device, record, log_keys=("reward", "loss"))
 
 
-def train_rl_policy(task: TaskInstance, weights: Sequence[float], context: RunContext | None = None):
-    """The folder of the MORLHF LoRA policy for ``weights``, trained only if not cached yet."""
+def train_rl_policy(policy: str, objectives: Sequence[Objective], normalisation: dict[str, Normalisation],
+                    weights: Sequence[float], prompts: Sequence[str], budget: RlBudget,
+                    context: RunContext | None = None) -> Path:
+    """The folder of the LoRA RLOO policy on sum_i w_i z_i over ``prompts``, trained only if not cached yet.
+
+    ``prompts`` are the training prompts (see :func:`training_prompts`); objectives with zero weight are
+    not scored; ``normalisation`` must hold every objective with a positive weight.
+    """
     from mobench.artifacts import get_or_build
 
-    key = policy_key(task, weights, context)
-    return get_or_build(RL_KIND, key, lambda out: _train(task, weights, context, out))
+    if not prompts:
+        raise MobenchError("no prompts to run RL on")
+    key = policy_key(policy, objectives, normalisation, weights, prompts, budget, context)
+    return Path(get_or_build(RL_KIND, key, lambda out: _train(policy, objectives, normalisation, weights, prompts, budget, context, out)))

@@ -18,21 +18,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mobench.api import MobenchError, Normalisation, Objective, PreferencePair, RunContext, TaskInstance
+from mobench.training import DpoBudget
 
 MODPO_KIND = "modpo-policies"
 MARGIN_SOURCES = ("scores", "implicit")
-TRAIN_INFO = "mobench-train.json"
-BUDGET_KEYS = frozenset(
-    {"steps", "batch_size", "learning_rate", "beta", "max_length", "n_pairs", "gradient_accumulation_steps",
-     "warmup_steps", "lr_scheduler_type", "lora_r", "lora_alpha", "lora_dropout", "lora_target"}
-)
-
-
-def modpo_budget(task: TaskInstance) -> dict[str, Any]:
-    """The MODPO budget: the task's DPO budget (MODPO trains like DPO), overridden by a "modpo" budget if declared."""
-    from mobench.training.dpo import dpo_budget
-
-    return {**dpo_budget(task), **{k: v for k, v in (task.budgets.get("modpo") or {}).items() if v is not None}}
 
 
 def choose_k(weights: Sequence[float], names: Sequence[str], pairs: dict[str, list]) -> int:
@@ -112,43 +101,12 @@ def _trainer_class():
 
 def modpo_trainer(model, tokenizer, pairs: Sequence[PreferencePair], margins: Sequence[float], w_k: float, config, **kwargs):
     """A ready MODPO trainer over trl's DPOTrainer: ``config`` is a trl DPOConfig, kwargs go to the trainer."""
-    from mobench.training.common import pairs_dataset
+    from mobench.training import pairs_dataset
 
     if len(margins) != len(pairs):
         raise MobenchError(f"{len(margins)} margins for {len(pairs)} pairs")
     dataset = pairs_dataset(pairs).add_column("margin", [float(m) for m in margins])
     return _trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, w_k=w_k, **kwargs)
-
-
-def dpo_config(budget: dict[str, Any], output_dir: str, seed: int, device: str):
-    """trl's DPOConfig for a MODPO (or DPO) run from a budget dict, on ``device``."""
-    from trl import DPOConfig
-
-    from mobench.training.common import checkpointing_kwarg
-
-    on_cuda = str(device).startswith("cuda")
-    return DPOConfig(
-        output_dir=output_dir,
-        max_steps=int(budget["steps"]),
-        per_device_train_batch_size=int(budget["batch_size"]),
-        gradient_accumulation_steps=int(budget.get("gradient_accumulation_steps", 1)),
-        learning_rate=float(budget["learning_rate"]),
-        lr_scheduler_type=budget.get("lr_scheduler_type", "linear"),
-        warmup_steps=int(budget.get("warmup_steps", 0)),
-        beta=float(budget["beta"]),
-        max_length=int(budget["max_length"]) if budget.get("max_length") else None,
-        precompute_ref_log_probs=True,
-        seed=int(seed),
-        data_seed=int(seed),
-        bf16=on_cuda,
-        use_cpu=not on_cuda,
-        **checkpointing_kwarg(DPOConfig, budget.get("gradient_checkpointing", False)),
-        save_strategy="no",
-        report_to="none",
-        logging_steps=max(1, int(budget["steps"]) // 4),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
 
 
 def completion_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_length: int, batch_size: int = 4):
@@ -182,23 +140,22 @@ def completion_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_leng
 
 
 def implicit_differences(
-    task: TaskInstance, context: RunContext | None, objectives: Sequence[str], pairs: Sequence[PreferencePair]
+    policy: str, pairs_by_objective: dict[str, list[PreferencePair]], experts_budget: DpoBudget, context: RunContext | None,
+    objectives: Sequence[str], pairs: Sequence[PreferencePair],
 ) -> dict[str, list[float]]:
     """Per objective j, beta_j [(log pi_j/pi_ref)(y_w) - (log pi_j/pi_ref)(y_l)] of j's DPO expert on ``pairs``."""
-    from mobench.training.common import load_policy_with_adapters, resolve_device
-    from mobench.training.dpo import dpo_budget, load_experts
+    from mobench.training import load_experts, load_policy_with_adapters, resolve_device
 
-    budget = dpo_budget(task)
-    experts = load_experts(task, context, list(objectives))
-    model, tok = load_policy_with_adapters(task.policy, {n: str(p) for n, p in experts.items()}, resolve_device(context))
-    length = int(budget["max_length"])
+    experts = load_experts(policy, pairs_by_objective, experts_budget, context, list(objectives))
+    model, tok = load_policy_with_adapters(policy, {n: str(p) for n, p in experts.items()}, resolve_device(context))
+    length = int(experts_budget.max_length)
     with model.disable_adapter():
         ref_w, ref_l = completion_logps(model, tok, pairs, length)
     out = {}
     for name in objectives:
         model.set_adapter(name)
         exp_w, exp_l = completion_logps(model, tok, pairs, length)
-        diff = float(budget["beta"]) * ((exp_w - ref_w) - (exp_l - ref_l))
+        diff = float(experts_budget.beta) * ((exp_w - ref_w) - (exp_l - ref_l))
         out[name] = [float(x) for x in diff]
     return out
 
@@ -207,12 +164,13 @@ class MarginSource:
     """Per-objective margin differences on the pairs of objective k, computed once per (k, j) and remembered.
 
     It also keeps the reference log-probs of each k's pairs (``reference``), shared by every grid point with that k.
+    ``experts`` is the DPO budget of the experts that give implicit margins.
     """
 
-    def __init__(self, task: TaskInstance, context: RunContext | None, source: str):
+    def __init__(self, task: TaskInstance, context: RunContext | None, source: str, experts: DpoBudget):
         if source not in MARGIN_SOURCES:
             raise MobenchError(f"modpo margin must be one of {', '.join(MARGIN_SOURCES)}, not {source!r}")
-        self.task, self.context, self.source = task, context, source
+        self.task, self.context, self.source, self.experts = task, context, source, experts
         self._cache: dict[tuple[str, str], list[float]] = {}
         self.reference: dict[tuple, dict] = {}
 
@@ -224,7 +182,8 @@ class MarginSource:
             for j in missing:
                 self._cache[(k, j)] = score_differences(by_name[j], self.task.normalisation[j], pairs)
         elif missing:
-            for j, d in implicit_differences(self.task, self.context, missing, pairs).items():
+            task = self.task
+            for j, d in implicit_differences(task.policy, task.pairs, self.experts, self.context, missing, pairs).items():
                 self._cache[(k, j)] = d
         return {j: self._cache[(k, j)] for j in others}
 
@@ -243,9 +202,10 @@ class MarginSource:
                     for j in others
                 },
             }
-        from mobench.training.dpo import expert_key
+        from mobench.training import expert_key
 
-        return {"source": "implicit", "experts": {j: expert_key(self.task, j, self.context) for j in others}}
+        task = self.task
+        return {"source": "implicit", "experts": {j: expert_key(task.policy, j, task.pairs.get(j, []), self.experts, self.context) for j in others}}
 
 
 def modpo_plan(task: TaskInstance, weights: Sequence[float]) -> tuple[int, list[int]]:
@@ -255,106 +215,75 @@ def modpo_plan(task: TaskInstance, weights: Sequence[float]) -> tuple[int, list[
     return k, [j for j in range(len(names)) if j != k and weights[j] > 0]
 
 
-def _pairs(task: TaskInstance, objective: str, budget: dict[str, Any]) -> list[PreferencePair]:
-    return list(task.pairs[objective])[: int(budget["n_pairs"])]
+def _pairs(task: TaskInstance, objective: str, budget: DpoBudget) -> list[PreferencePair]:
+    return list(task.pairs[objective])[: int(budget.n_pairs)]
 
 
-def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None) -> dict[str, Any]:
+def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSource, budget: DpoBudget,
+               context: RunContext | None) -> dict[str, Any]:
     """Everything that determines the MODPO policy at ``weights``."""
-    from mobench.artifacts import library_versions
-    from mobench.models import default_dtype
-    from mobench.training.common import TRAINING_LIBRARIES, data_hash, lora_key, resolve_device
-    from mobench.training.dpo import RECIPE, policy_fingerprint
+    from mobench.training import DPO_RECIPE, data_hash, dpo_hyper, key_environment
 
-    budget = modpo_budget(task)
     k, others = modpo_plan(task, weights)
     names = task.objective_names
     pairs = _pairs(task, names[k], budget)
     return {
         "trainer": "trl-dpo-lora-modpo",
-        "recipe": {"dpo": RECIPE, "modpo": 1},
-        "base": policy_fingerprint(task.policy),
+        "recipe": {"dpo": DPO_RECIPE, "modpo": 1},
         "task": task.name,
         "scale": task.scale,
         "weights": [round(float(w), 6) for w in weights],
         "k": names[k],
         "pairs": {"sha256": data_hash(pairs), "n_pairs": len(pairs)},
         "margin": margins.key([names[j] for j in others]),
-        "hyper": {
-            "steps": int(budget["steps"]),
-            "batch_size": int(budget["batch_size"]),
-            "learning_rate": float(budget["learning_rate"]),
-            "beta": float(budget["beta"]),
-            "max_length": int(budget["max_length"]),
-            "lora": lora_key(budget),
-            **{k: budget[k] for k in ("gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type") if k in budget},
-        },
-        "seed": int(context.seed if context is not None else 0),
-        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
-        "versions": library_versions(*TRAINING_LIBRARIES),
+        "hyper": dpo_hyper(budget),
+        **key_environment(task.policy, context),
     }
 
 
-def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None, out) -> None:
-    import json
+def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, budget: DpoBudget,
+           context: RunContext | None, out) -> None:
     import tempfile
-    import time
-    from pathlib import Path
 
-    import torch
+    from mobench.training import (
+        completion_positions_only, data_hash, dpo_config, load_for_training, lora_config, progress_callback,
+        train_and_save, truncate_prompts, weights_label,
+    )
 
-    from mobench.models import load_causal_lm
-    from mobench.training.common import data_hash, lora_config, progress_callback, silence_console, resolve_device
-    from mobench.training.dpo import _completion_positions_only, _truncate_prompts
-
-    budget = modpo_budget(task)
     names = task.objective_names
     k, others = modpo_plan(task, weights)
-    device = resolve_device(context)
-    seed = int(context.seed if context is not None else 0)
-    torch.manual_seed(seed)
-    model, tok = load_causal_lm(task.policy, device=device)
+    model, tok, device, seed = load_for_training(task.policy, context)
     # The same prompt truncation as the DPO experts, so implicit margins see the pairs the experts saw.
-    pairs = _truncate_prompts(_pairs(task, names[k], budget), tok, int(budget["max_length"]))
+    pairs = truncate_prompts(_pairs(task, names[k], budget), tok, int(budget.max_length))
     diffs = margins.differences(names[k], [names[j] for j in others], pairs)
     margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k, len(pairs))
-    label = f"MODPO {task.name} w=({', '.join(f'{w:g}' for w in weights)})"
     # The DPO experts' CPU speed-up (score completion tokens only) also covers the reference precompute.
-    with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch, _completion_positions_only():
+    with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch, completion_positions_only():
         trainer = modpo_trainer(
             model,
             tok,
             pairs,
             margin,
             float(weights[k]),
-            dpo_config(budget, scratch, seed, device),
+            dpo_config(budget, scratch, seed, device, precompute_ref_log_probs=True),
             peft_config=lora_config(budget),
-            callbacks=[progress_callback(context, label)],
-            reference_cache=margins.reference.setdefault((names[k], data_hash(pairs), int(budget["max_length"])), {}),
+            callbacks=[progress_callback(context, f"MODPO {task.name} {weights_label(weights)}")],
+            reference_cache=margins.reference.setdefault((names[k], data_hash(pairs), int(budget.max_length)), {}),
         )
-        silence_console(trainer)
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-    trainer.model.save_pretrained(str(out))
-    record = {
-        "weights": list(weights),
-        "k": names[k],
-        "w_k": float(weights[k]),
-        "margin_objectives": [names[j] for j in others],
-        "margin_mean": sum(margin) / len(margin) if margin else 0.0,
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-        "steps": int(trainer.state.global_step),
-        "train_loss": float(result.training_loss),
-        "log": [h for h in trainer.state.log_history if "loss" in h],
-    }
-    (Path(out) / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str))
+        record = {
+            "weights": list(weights),
+            "k": names[k],
+            "w_k": float(weights[k]),
+            "margin_objectives": [names[j] for j in others],
+            "margin_mean": sum(margin) / len(margin) if margin else 0.0,
+        }
+        train_and_save(trainer, out, device, record)
 
 
-def train_modpo_policy(task: TaskInstance, weights: Sequence[float], margins: MarginSource, context: RunContext | None = None):
-    """The folder of the MODPO LoRA policy for ``weights``, trained only if not cached yet."""
+def train_modpo_policy(task: TaskInstance, weights: Sequence[float], margins: MarginSource, budget: DpoBudget,
+                       context: RunContext | None = None):
+    """The folder of the MODPO LoRA policy for ``weights`` under ``budget``, trained only if not cached yet."""
     from mobench.artifacts import get_or_build
 
-    key = policy_key(task, weights, margins, context)
-    return get_or_build(MODPO_KIND, key, lambda out: _train(task, weights, margins, context, out))
+    key = policy_key(task, weights, margins, budget, context)
+    return get_or_build(MODPO_KIND, key, lambda out: _train(task, weights, margins, budget, context, out))
