@@ -173,71 +173,103 @@ def calibrate_cmd(ctx, task, scale, device):
                f"generation {record['generation_seconds']} s) -> {path}")
 
 
-def _entries(ctx, task, results, scale):
-    from mobench.report import leaderboard
+def _entries(ctx, task, results, scale, calibration=None, resamples=None):
+    """The task's leaderboard board (one scale and calibration) from the store, for every view below."""
+    from mobench.leaderboard import RESAMPLES, build
     from mobench.store import Store
 
-    return leaderboard(Store(results), task, scale)
+    _registry(ctx).task(task)
+    return build(Store(results), task, scale, calibration=calibration, resamples=resamples or RESAMPLES)
+
+
+def _board_options(f):
+    """--results, --scale, --calibration and --resamples, shared by leaderboard, plot, report and compare."""
+    f = click.option("--resamples", type=int, default=None, help="Bootstrap resamples over prompts (default 1000, seed 0).")(f)
+    f = click.option("--calibration", default=None, help="Rank the runs under this calibration id (default: the newest run's).")(f)
+    f = click.option("--scale", default=None, help="Only runs at this scale (needed when the store holds several).")(f)
+    return click.option("--results", default="results", show_default=True)(f)
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)  # piped: do not squeeze tables into 80 columns
+
+
+def _notes(board) -> None:
+    for note in board.notes:
+        _stderr().print(f"note: {note}", markup=False)
 
 
 @cli.command(name="leaderboard")
 @click.option("--task", "-t", required=True)
-@click.option("--results", default="results", show_default=True)
-@click.option("--scale", default=None, help="Only runs at this scale (default: all).")
+@_board_options
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--points", is_flag=True, help="Table format: also show every grid point's z with CIs.")
 @click.pass_context
-def leaderboard_cmd(ctx, task, results, scale, fmt):
-    """Rank every method with a run on TASK by hypervolume."""
-    from rich.console import Console
-
+def leaderboard_cmd(ctx, task, results, scale, calibration, resamples, fmt, points):
+    """Rank every method with a run on TASK by hypervolume, with 95% bootstrap CIs."""
     from mobench import report
 
-    _registry(ctx).task(task)
-    entries = _entries(ctx, task, results, scale)
+    board = _entries(ctx, task, results, scale, calibration, resamples)
     if fmt == "markdown":
-        click.echo(report.to_markdown(entries, task), nl=False)
+        click.echo(report.to_markdown(board), nl=False)
     elif fmt == "json":
-        click.echo(report.to_json(entries, task), nl=False)
+        click.echo(report.to_json(board), nl=False)
     else:
-        console = Console()
-        if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-            console = Console(width=200)
-        report.print_table(entries, task, console)
+        report.print_table(board, _console(), per_point=points)
 
 
 @cli.command(name="plot")
 @click.option("--task", "-t", required=True)
-@click.option("--results", default="results", show_default=True)
-@click.option("--scale", default=None)
+@_board_options
 @click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @click.pass_context
-def plot_cmd(ctx, task, results, scale, out):
-    """Draw every method's grid points and Pareto front in one figure."""
+def plot_cmd(ctx, task, results, scale, calibration, resamples, out):
+    """Draw every method's grid points (95% CI bars) and Pareto front in one figure."""
     from mobench import report
 
-    _registry(ctx).task(task)
-    path = report.plot(_entries(ctx, task, results, scale), task, out)
-    click.echo(str(path))
+    board = _entries(ctx, task, results, scale, calibration, resamples)
+    _notes(board)
+    click.echo(str(report.plot(board, out)))
 
 
 @cli.command(name="report")
 @click.option("--task", "-t", required=True)
-@click.option("--results", default="results", show_default=True)
-@click.option("--scale", default=None)
+@_board_options
 @click.option("--out", required=True, type=click.Path(), help="Folder for leaderboard.md, leaderboard.json, pareto.png.")
 @click.pass_context
-def report_cmd(ctx, task, results, scale, out):
+def report_cmd(ctx, task, results, scale, calibration, resamples, out):
     """Write leaderboard.md, leaderboard.json and pareto.png together, for CI to publish."""
     from mobench import report
 
-    _registry(ctx).task(task)
-    entries = _entries(ctx, task, results, scale)
+    board = _entries(ctx, task, results, scale, calibration, resamples)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "leaderboard.md").write_text(report.to_markdown(entries, task))
-    (folder / "leaderboard.json").write_text(report.to_json(entries, task))
-    report.plot(entries, task, folder / "pareto.png")
+    (folder / "leaderboard.md").write_text(report.to_markdown(board))
+    (folder / "leaderboard.json").write_text(report.to_json(board))
+    report.plot(board, folder / "pareto.png")
+    _notes(board)
     click.echo(f"wrote {folder}/leaderboard.md, leaderboard.json, pareto.png")
+
+
+@cli.command(name="compare")
+@click.option("--task", "-t", required=True)
+@_board_options
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.pass_context
+def compare_cmd(ctx, task, results, scale, calibration, resamples, fmt):
+    """HV difference of every pair of methods on TASK with its paired-bootstrap 95% CI."""
+    from mobench import report
+
+    board = _entries(ctx, task, results, scale, calibration, resamples)
+    if fmt == "markdown":
+        click.echo(report.compare_markdown(board), nl=False)
+    elif fmt == "json":
+        click.echo(report.compare_json(board), nl=False)
+    else:
+        report.print_compare(board, _console())
 
 
 @cli.command(name="list")

@@ -114,3 +114,68 @@ def controllability(weights: Sequence[Sequence[float]], scores: Sequence[Sequenc
         "spearman": float(np.mean(rhos)) if rhos else float("nan"),
         "monotone": kept / total if total else float("nan"),
     }
+
+
+# --- Bootstrap helpers -------------------------------------------------------------------------
+# The leaderboard resamples prompts itself (see mobench.leaderboard): these are the pieces it needs,
+# vectorised over bootstrap replicates.
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``resamples`` bootstrap samples: shape (B, n).
+
+    A bootstrap sample of n items drawn with replacement is a multinomial(n, 1/n) count vector, so one
+    numpy call draws them all; row b weights the items of replicate b.
+    """
+    if n < 1:
+        raise ValueError("nothing to resample")
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+
+
+def percentile_interval(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``samples`` (NaN replicates ignored; (nan, nan) if none is left)."""
+    arr = np.asarray(samples, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(arr, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def hypervolume_batch(points: np.ndarray, reference_point: Sequence[float]) -> np.ndarray:
+    """:func:`hypervolume` of each replicate's points: ``points`` (B, P, m) -> (B,)."""
+    arr = np.asarray(points, dtype=float)
+    return np.array([hypervolume(p, reference_point) for p in arr], dtype=float)
+
+
+def spearman_batch(weights: Sequence[Sequence[float]], scores: np.ndarray) -> np.ndarray:
+    """The Spearman term of :func:`controllability` for each replicate: ``scores`` (B, P, m) -> (B,).
+
+    Spearman's rho is Pearson's r of the ranks (ties averaged), as scipy computes it; scipy's rankdata
+    and pearsonr take an axis, so all replicates go in one call. As in :func:`controllability`, an
+    objective whose weight or score is constant gives no correlation and is left out of the mean.
+    """
+    import warnings
+
+    from scipy.stats import pearsonr, rankdata
+
+    w = _as_points(weights)
+    s = np.asarray(scores, dtype=float)
+    if s.ndim != 3 or s.shape[1:] != w.shape:
+        raise ValueError("scores must have shape (replicates, grid points, objectives) matching weights")
+    rhos = np.full((s.shape[0], w.shape[1]), np.nan)
+    for i in range(w.shape[1]):
+        if w.shape[0] < 2 or np.ptp(w[:, i]) == 0:
+            continue
+        varied = np.ptp(s[:, :, i], axis=1) > 0
+        if not varied.any():
+            continue
+        ranks_w = np.broadcast_to(rankdata(w[:, i]), (int(varied.sum()), w.shape[0]))
+        ranks_s = rankdata(s[varied, :, i], axis=1)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore")
+            rhos[varied, i] = pearsonr(ranks_w, ranks_s, axis=1).statistic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates: NaN, as controllability gives
+        return np.nanmean(rhos, axis=1)

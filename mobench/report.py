@@ -1,103 +1,34 @@
-"""Leaderboards (terminal, Markdown, JSON) and Pareto plots, computed from the store alone."""
+"""Rendering of a task's leaderboard (:mod:`mobench.leaderboard` computes it): terminal, Markdown, JSON, plots.
+
+Every view shows one scale and one calibration (the board's); hypervolume and Spearman carry their 95%
+paired-bootstrap interval as ``value [low, high]``; ``≈`` lists the ranks whose hypervolume difference
+from this one has an interval holding 0 (the data cannot separate them).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mobench.api import MobenchError
-from mobench.metrics import controllability, hypervolume, pareto_front
-from mobench.store import CorruptLineWarning, RunDir, Store
+from mobench.leaderboard import Board, Entry
+
+_RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "wall s",
+          "HV difference", "95% CI")
 
 
-@dataclass
-class Entry:
-    """One method's line on the leaderboard (its latest run on the task at the scale)."""
-
-    method: str
-    run_id: str
-    scale: str
-    points: int
-    grid_size: int
-    hypervolume: float
-    front_size: int
-    spearman: float
-    monotone: float
-    objectives: list[str]
-    ends: dict[str, dict[str, float]]
-    wall_seconds: float
-    status: str
-    weights: list[list[float]] = field(default_factory=list)
-    normalised: list[list[float]] = field(default_factory=list)
-    front: list[int] = field(default_factory=list)
-    reference_point: list[float] = field(default_factory=list)
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
-def _entry(run: RunDir, manifest: dict[str, Any]) -> Entry | None:
-    rows = run.rows()
-    if not rows:
-        return None
-    names = manifest["objectives"]
-    weights = [row["weights"] for row in rows]
-    normalised = [[row["normalised"][n] for n in names] for row in rows]
-    ref = manifest["reference_point"]
-    front = pareto_front(normalised)
-    control = controllability(weights, normalised)
-    ends = {}
-    for i, name in enumerate(names):
-        corner = [j for j, w in enumerate(weights) if abs(w[i] - 1.0) < 1e-9]
-        if corner:
-            ends[f"w={name}"] = {n: rows[corner[0]]["mean"][n] for n in names}
-    wall = float(manifest.get("prepare_seconds") or 0.0) + sum(float(row.get("wall_seconds", 0.0)) for row in rows)
-    return Entry(
-        method=manifest["method"],
-        run_id=manifest["run_id"],
-        scale=manifest["scale"],
-        points=len(rows),
-        grid_size=len(manifest["grid"]),
-        hypervolume=hypervolume(normalised, ref),
-        front_size=len(front),
-        spearman=control["spearman"],
-        monotone=control["monotone"],
-        objectives=names,
-        ends=ends,
-        wall_seconds=wall,
-        status=manifest.get("status", "unknown"),
-        weights=weights,
-        normalised=normalised,
-        front=front,
-        reference_point=ref,
-    )
-
-
-def leaderboard(store: Store, task: str, scale: str | None = None) -> list[Entry]:
-    """Every method with a run on ``task`` (latest run each), ranked by hypervolume."""
-    latest: dict[str, tuple[str, RunDir, dict]] = {}
-    for run in store.runs(task):
-        try:
-            manifest = run.read_manifest()
-        except MobenchError as exc:
-            warnings.warn(str(exc), CorruptLineWarning, stacklevel=2)
-            continue
-        if scale and manifest.get("scale") != scale:
-            continue
-        stamp = manifest.get("finished_at") or manifest.get("started_at") or ""
-        method = manifest.get("method", run.path.parent.name)
-        if method not in latest or stamp > latest[method][0]:
-            latest[method] = (stamp, run, manifest)
-    entries = [e for _, run, manifest in latest.values() if (e := _entry(run, manifest)) is not None]
-    if not entries:
-        raise MobenchError(f"no runs of task {task!r}{f' at scale {scale!r}' if scale else ''} in {store.root}")
-    entries.sort(key=lambda e: (-e.hypervolume, e.method))
-    return entries
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _with_ci(value: float | None, ci, digits: int = 3, ci_digits: int | None = None) -> str:
+    text = _fmt(value, digits)
+    if ci is None:
+        return text
+    d = digits if ci_digits is None else ci_digits
+    return f"{text} [{_fmt(ci[0], d)}, {_fmt(ci[1], d)}]"
 
 
 def _ends_text(entry: Entry) -> list[str]:
@@ -108,63 +39,164 @@ def _ends_text(entry: Entry) -> list[str]:
     return out
 
 
-def _headers(entries: list[Entry]) -> list[str]:
-    names = entries[0].objectives
+def _headers(board: Board) -> list[str]:
+    names = board.objectives
     joined = "/".join(names)
     return [
-        "rank", "method", "hypervolume", "front", "spearman", "monotone",
-        f"{joined} at w={names[0]}", f"{joined} at w={names[-1]}", "points", "wall s", "run",
+        "rank", "method", "hypervolume [95% CI]", "≈ ranks", "front", "spearman [95% CI]", "monotone",
+        f"{joined} at w={names[0]}", f"{joined} at w={names[-1]}", "points", "seeds", "wall s", "run",
     ]
 
 
-def _cells(rank: int, e: Entry) -> list[str]:
+def _cells(e: Entry) -> list[str]:
     first, last = _ends_text(e)
     return [
-        str(rank), e.method, _fmt(e.hypervolume, 4), f"{e.front_size}/{e.points}", _fmt(e.spearman, 2),
-        _fmt(e.monotone, 2), first, last, f"{e.points}/{e.grid_size}", f"{e.wall_seconds:.0f}", e.run_id,
+        str(e.rank), e.method, _with_ci(e.hypervolume, e.hypervolume_ci, 4, 3),
+        ", ".join(map(str, e.not_separable_from)) or "-", f"{e.front_size}/{e.points}",
+        _with_ci(e.spearman, e.spearman_ci, 2), _fmt(e.monotone, 2), first, last,
+        f"{e.points}/{e.grid_size}", str(e.n_seeds), f"{e.wall_seconds:.0f}", e.run_id,
     ]
 
 
-def to_markdown(entries: list[Entry], task: str) -> str:
-    """A GitHub-flavoured Markdown table, ready for a CI job summary."""
-    headers = _headers(entries)
-    lines = [f"### mobench leaderboard: {task} ({entries[0].scale})", "", "| " + " | ".join(headers) + " |"]
-    lines.append("|" + "|".join("---:" if h in ("rank", "hypervolume", "spearman", "monotone", "wall s") else "---" for h in headers) + "|")
-    for rank, e in enumerate(entries, start=1):
-        lines.append("| " + " | ".join(_cells(rank, e)) + " |")
-    lines += ["", "Hypervolume of the normalised mean scores against the task's fixed reference point "
-              f"{entries[0].reference_point}; front = non-dominated grid points; spearman = mean over objectives "
-              "of corr(w_i, score_i); monotone = share of adjacent grid steps where raising w_i did not lower score_i."]
+def _title(board: Board, what: str = "leaderboard") -> str:
+    return f"mobench {what}: {board.task} ({board.scale}, calibration {board.calibration})"
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if h in _RIGHT or h.startswith("z ") else "---" for h in headers) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return lines
+
+
+def _legend(board: Board) -> str:
+    pct = f"{board.confidence:.0%}"
+    return (
+        f"Hypervolume of each method's grid points (mean z over {board.n_prompts} prompts; z = direction x "
+        f"(score - mean) / std from the task's calibration) against the reference point {board.reference_point}; "
+        f"[low, high] = {pct} percentile interval of a paired bootstrap over prompts ({board.resamples} resamples, "
+        f"seed {board.bootstrap_seed}, the same prompts for every method; seeds resampled too where a method has "
+        "several, and its hypervolume is the mean over seeds); ≈ ranks = ranks whose hypervolume difference "
+        f"from this one has a {pct} interval holding 0; front = non-dominated grid points; spearman = mean over "
+        "objectives of corr(w_i, z_i); monotone = share of adjacent grid steps where raising w_i did not lower z_i."
+    )
+
+
+def points_rows(board: Board) -> tuple[list[str], list[list[str]]]:
+    """The per-point view: each method's grid points, their z with CIs, inside the box, on the front."""
+    headers = ["method", "w", *[f"z {n} [95% CI]" for n in board.objectives], "inside box", "on front"]
+    rows = []
+    for e in board.entries:
+        for p in e.per_point:
+            rows.append([
+                e.method, ", ".join(f"{w:.2f}" for w in p.weights),
+                *[_with_ci(p.z[n], p.z_ci[n], 2) for n in board.objectives],
+                "yes" if p.inside_box else "no", "yes" if p.on_front else "no",
+            ])
+    return headers, rows
+
+
+def comparison_rows(board: Board) -> tuple[list[str], list[list[str]]]:
+    """Every pair of methods: HV(a) - HV(b), its paired-bootstrap CI and whether the data separate them."""
+    headers = ["rank a", "method a", "rank b", "method b", "HV difference", "95% CI", "separable"]
+    rows = []
+    for c in board.comparisons:
+        ci = "n/a" if c.ci is None else f"[{_fmt(c.ci[0], 4)}, {_fmt(c.ci[1], 4)}]"
+        sep = "n/a" if c.separable is None else ("yes" if c.separable else "no")
+        rows.append([str(c.rank_a), c.a, str(c.rank_b), c.b, _fmt(c.difference, 4), ci, sep])
+    return headers, rows
+
+
+def to_markdown(board: Board, per_point: bool = True, comparisons: bool = True) -> str:
+    """GitHub-flavoured Markdown (a CI job summary): the leaderboard, then the comparisons and per-point view."""
+    lines = [f"### {_title(board)}", ""]
+    lines += _md_table(_headers(board), [_cells(e) for e in board.entries])
+    lines += ["", _legend(board)]
+    for note in board.notes:
+        lines += ["", f"Note: {note}."]
+    if comparisons and board.comparisons:
+        lines += ["", f"#### Pairwise hypervolume differences ({board.task}, {board.scale})", ""]
+        lines += _md_table(*comparison_rows(board))
+    if per_point:
+        lines += ["", f"#### Per grid point ({board.task}, {board.scale})", ""]
+        lines += _md_table(*points_rows(board))
+        lines += ["", f"inside box = beats the reference point {board.reference_point} on every objective (only "
+                  "such points add hypervolume); on front = not dominated by another point of the same method."]
     return "\n".join(lines) + "\n"
 
 
-def to_json(entries: list[Entry], task: str) -> str:
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
+def compare_markdown(board: Board) -> str:
+    """The pairwise difference table alone, in Markdown."""
+    lines = [f"### {_title(board, 'compare')}", ""]
+    lines += _md_table(*comparison_rows(board))
+    lines += ["", f"HV difference = HV(method a) - HV(method b); {board.confidence:.0%} percentile interval of a paired "
+              f"bootstrap over the same {board.n_prompts} prompts ({board.resamples} resamples, seed "
+              f"{board.bootstrap_seed}); separable = the interval excludes 0."]
+    for note in board.notes:
+        lines += ["", f"Note: {note}."]
+    return "\n".join(lines) + "\n"
 
-    return json.dumps({"task": task, "entries": [clean(asdict(e)) for e in entries]}, indent=2) + "\n"
+
+def _strict(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, tuples lists, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def print_table(entries: list[Entry], task: str, console) -> None:
-    """A rich table in the terminal."""
+def board_dict(board: Board) -> dict[str, Any]:
+    """The whole board as plain data (strict JSON: no NaN or Infinity)."""
+    return _strict(asdict(board))
+
+
+def to_json(board: Board) -> str:
+    """The board as strict JSON: task, scale, calibration, bootstrap settings, entries, comparisons, notes."""
+    return json.dumps(board_dict(board), indent=2, allow_nan=False) + "\n"
+
+
+def compare_json(board: Board) -> str:
+    data = board_dict(board)
+    keep = ("task", "scale", "calibration", "reference_point", "n_prompts", "resamples", "bootstrap_seed",
+            "confidence", "comparisons", "notes")
+    return json.dumps({k: data[k] for k in keep}, indent=2, allow_nan=False) + "\n"
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list[str]]):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"mobench leaderboard: {task} ({entries[0].scale})")
-    for h in _headers(entries):
-        table.add_column(h, justify="right" if h in ("rank", "hypervolume", "spearman", "monotone", "wall s") else "left")
-    for rank, e in enumerate(entries, start=1):
-        table.add_row(*_cells(rank, e))
-    console.print(table)
+    table = Table(title=escape(title))
+    for h in headers:
+        table.add_column(escape(h), justify="right" if h in _RIGHT or h.startswith("z ") else "left")
+    for cells in rows:
+        table.add_row(*(escape(c) for c in cells))
+    return table
 
 
-def plot(entries: list[Entry], task: str, out: str | Path) -> Path:
-    """Every method's grid points and Pareto front in one figure (first two objectives)."""
+def print_table(board: Board, console, per_point: bool = False) -> None:
+    """The leaderboard as a rich table in the terminal (and, with ``per_point``, the per-point view)."""
+    console.print(_rich_table(_title(board), _headers(board), [_cells(e) for e in board.entries]))
+    if per_point:
+        console.print(_rich_table(f"per grid point: {board.task} ({board.scale})", *points_rows(board)))
+    for note in board.notes:
+        console.print(f"note: {note}", markup=False)
+
+
+def print_compare(board: Board, console) -> None:
+    """The pairwise difference table in the terminal."""
+    console.print(_rich_table(_title(board, "compare"), *comparison_rows(board)))
+    for note in board.notes:
+        console.print(f"note: {note}", markup=False)
+
+
+def plot(board: Board, out: str | Path) -> Path:
+    """Every method's grid points (with 95% CI bars) and Pareto front in one figure (first and last objectives)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,22 +204,31 @@ def plot(entries: list[Entry], task: str, out: str | Path) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = entries[0].objectives
+    names = board.objectives
+    first, last = names[0], names[-1]
     fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
-    for e in entries:
-        xs = [p[0] for p in e.normalised]
-        ys = [p[-1] for p in e.normalised]
-        line = ax.scatter(xs, ys, s=28, alpha=0.75, label=f"{e.method} (HV {e.hypervolume:.3f})")
+    for e in board.entries:
+        xs = [p.z[first] for p in e.per_point]
+        ys = [p.z[last] for p in e.per_point]
+        ci = _with_ci(e.hypervolume, e.hypervolume_ci, 3)
+        line = ax.scatter(xs, ys, s=28, alpha=0.75, label=f"{e.method} (HV {ci})", zorder=3)
+        color = line.get_facecolor()[0]
+        if all(p.z_ci[first] and p.z_ci[last] for p in e.per_point):
+            xerr = [[x - p.z_ci[first][0] for x, p in zip(xs, e.per_point)], [p.z_ci[first][1] - x for x, p in zip(xs, e.per_point)]]
+            yerr = [[y - p.z_ci[last][0] for y, p in zip(ys, e.per_point)], [p.z_ci[last][1] - y for y, p in zip(ys, e.per_point)]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.4, lw=0.8)
         front = sorted((e.normalised[i][0], e.normalised[i][-1]) for i in e.front)
         if len(front) > 1:
-            ax.plot([p[0] for p in front], [p[1] for p in front], color=line.get_facecolor()[0], lw=1.4)
-    ref = entries[0].reference_point
-    ax.scatter([ref[0]], [ref[-1]], marker="x", color="black", label="reference point")
-    ax.set_xlabel(f"{names[0]} (normalised, higher is better)")
-    ax.set_ylabel(f"{names[-1]} (normalised, higher is better)")
-    ax.set_title(f"mobench: {task} ({entries[0].scale})")
+            ax.plot([p[0] for p in front], [p[1] for p in front], color=color, lw=1.4)
+    ref = board.reference_point
+    ax.scatter([ref[0]], [ref[-1]], marker="x", color="black", label="reference point", zorder=4)
+    ax.axvline(ref[0], color="black", lw=0.6, ls=":")
+    ax.axhline(ref[-1], color="black", lw=0.6, ls=":")
+    ax.set_xlabel(f"{first} (z, higher is better)")
+    ax.set_ylabel(f"{last} (z, higher is better)")
+    ax.set_title(f"mobench: {board.task} ({board.scale}); bars: {board.confidence:.0%} CI")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
