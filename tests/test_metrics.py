@@ -53,3 +53,43 @@ def test_controllability_three_objectives_uses_one_step_moves():
     grid = [p.weights for p in simplex_grid(3, 3)]
     c = controllability(grid, grid)  # score_i = w_i: perfectly controllable
     assert c["spearman"] == pytest.approx(1.0) and c["monotone"] == 1.0
+
+
+def test_resample_counts_are_bootstrap_samples_of_n_items():
+    import numpy as np
+
+    from mobench.metrics import resample_counts
+
+    counts = resample_counts(7, 500, np.random.default_rng(0))
+    assert counts.shape == (500, 7) and (counts.sum(axis=1) == 7).all() and (counts >= 0).all()
+    # every item is drawn about once per sample on average
+    assert np.allclose(counts.mean(axis=0), 1.0, atol=0.15)
+    again = resample_counts(7, 500, np.random.default_rng(0))
+    assert (counts == again).all()
+
+
+def test_percentile_interval_ignores_nan_and_is_none_like_without_values():
+    from mobench.metrics import percentile_interval
+
+    lo, hi = percentile_interval(list(range(101)) + [float("nan")], 0.9)
+    assert (lo, hi) == pytest.approx((5.0, 95.0))
+    assert all(math.isnan(x) for x in percentile_interval([float("nan")]))
+
+
+def test_batched_hypervolume_and_spearman_equal_the_one_at_a_time_functions():
+    import numpy as np
+
+    from mobench.grid import simplex_grid
+    from mobench.metrics import hypervolume_batch, spearman_batch
+
+    rng = np.random.default_rng(1)
+    for m, k in ((2, 6), (3, 4)):
+        w = [p.weights for p in simplex_grid(m, k)]
+        scores = rng.normal(size=(40, len(w), m))
+        scores[0, :, 0] = 1.0  # a constant objective is left out of the mean
+        scores[1] = 2.0  # nothing varies: NaN, as controllability gives
+        ref = [-1.0] * m
+        assert np.allclose(hypervolume_batch(scores, ref), [hypervolume(s, ref) for s in scores])
+        expected = [controllability(w, s)["spearman"] for s in scores]
+        assert np.allclose(spearman_batch(w, scores), expected, equal_nan=True)
+        assert math.isnan(spearman_batch(w, scores)[1])
