@@ -49,8 +49,9 @@ def run_variant(args) -> dict:
     import torch
 
     from mobench.api import Preference
-    from mobench.bonesoup import bone_soup_coefficients
-    from mobench.mage.decoder import MageDecoder, MageSettings
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.bonesoup import bone_soup_coefficients
+    from mobench.methods.mage.decoder import MageDecoder
     from mobench.merging import merge_lora_adapters
 
     model, tok, heads = build(args)
@@ -70,7 +71,7 @@ def run_variant(args) -> dict:
             return ids[:, enc["input_ids"].shape[1]:].tolist()
     else:
         proxy = "ensemble" if args.variant == "mage-ensemble" else "merged"
-        decoder = MageDecoder(model, tok, MageSettings(proxy=proxy, top_k=args.top_k), ["bone0", "bone1"],
+        decoder = MageDecoder(model, tok, MageOptions(proxy=proxy, top_k=args.top_k), ["bone0", "bone1"],
                               ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
         fn = lambda: decoder.generate(prompts, [pref], gen, eos_token_ids=[-1])[0]
     if str(args.device).startswith("cuda"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mobench.api import MobenchError
-from mobench.bonesoup import bone_soup_coefficients, mixing_matrix
+from mobench.methods.mage.bonesoup import bone_soup_coefficients, mixing_matrix
 
 
 def test_mixing_matrix_rows():
@@ -65,7 +65,7 @@ def test_preference_e_j_recovers_the_solved_expert(micro_lm, j):
 
 
 def test_per_row_merge_equals_weight_space_merge(micro_lm):
-    from mobench.mage.rowmerge import row_merged
+    from mobench.methods.mage.rowmerge import row_merged
     from mobench.merging import merge_lora_adapters
 
     model = _experts_and_backbones(micro_lm[0], 0.7)
@@ -82,6 +82,6 @@ def test_per_row_merge_equals_weight_space_merge(micro_lm):
         torch.testing.assert_close(rows[r : r + 1], want, rtol=1e-4, atol=1e-5)
     # The context restored peft's own state: the last soup is active again with its plain scaling.
     assert model.active_adapter == "base"
-    from mobench.mage.rowmerge import lora_layers
+    from mobench.methods.mage.rowmerge import lora_layers
 
     assert all(isinstance(s, float) for layer in lora_layers(model) for s in layer.scaling.values())

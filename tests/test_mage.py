@@ -28,8 +28,8 @@ def rig(micro_lm):
 
 
 def _value_by_recompute(model, tok, prompt, suffix, adapters, coef, heads):
-    from mobench.mage.rowmerge import row_merged
-    from mobench.mage.value import hidden_states
+    from mobench.methods.mage.rowmerge import row_merged
+    from mobench.methods.mage.value import hidden_states
 
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     full = torch.cat([ids, torch.tensor([suffix])], 1)
@@ -39,7 +39,7 @@ def _value_by_recompute(model, tok, prompt, suffix, adapters, coef, heads):
 
 
 def test_candidate_values_equal_full_recompute(rig):
-    from mobench.mage.guidance import MergedScorer, ValueScorer
+    from mobench.methods.mage.guidance import MergedScorer, ValueScorer
 
     model, tok, heads = rig
     base = MergedScorer(model, [])
@@ -66,7 +66,7 @@ def test_candidate_values_equal_full_recompute(rig):
 
 @pytest.mark.parametrize("i", [0, 1])
 def test_merged_proxy_at_e_i_is_value_model_i(rig, i):
-    from mobench.mage.guidance import MergedScorer, ValueScorer
+    from mobench.methods.mage.guidance import MergedScorer, ValueScorer
     from mobench.merging import lora_deltas, merge_lora_adapters
 
     model, tok, heads = rig
@@ -94,13 +94,14 @@ def test_merged_proxy_at_e_i_is_value_model_i(rig, i):
 
 @pytest.mark.parametrize("proxy", ["merged", "ensemble"])
 def test_alpha_zero_reproduces_the_bone_soup_base(rig, proxy):
-    from mobench.bonesoup import bone_soup_coefficients
-    from mobench.decoding.generate import generate_responses
-    from mobench.mage.decoder import MageDecoder, MageSettings
+    from mobench.methods.mage.bonesoup import bone_soup_coefficients
+    from mobench.decoding import generate_responses
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.decoder import MageDecoder
     from mobench.merging import merge_lora_adapters
 
     model, tok, heads = rig
-    settings = MageSettings(guidance="both", proxy=proxy, alpha=0.0, top_k=4)
+    settings = MageOptions(guidance="both", proxy=proxy, alpha=0.0, top_k=4)
     decoder = MageDecoder(model, tok, settings, ["bone0", "bone1"], ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
     prefs = [Preference((1.0, 0.0)), Preference((0.3, 0.7))]
     gen = {"max_new_tokens": 8, "do_sample": False, "batch_size": 3}  # chunks mix preferences
@@ -114,12 +115,13 @@ def test_alpha_zero_reproduces_the_bone_soup_base(rig, proxy):
 
 
 def test_first_token_follows_the_formula(rig):
-    from mobench.mage.decoder import MageDecoder, MageSettings
-    from mobench.mage.rowmerge import row_merged
-    from mobench.bonesoup import bone_soup_coefficients
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.decoder import MageDecoder
+    from mobench.methods.mage.rowmerge import row_merged
+    from mobench.methods.mage.bonesoup import bone_soup_coefficients
 
     model, tok, heads = rig
-    settings = MageSettings(alpha=0.5, top_k=6)
+    settings = MageOptions(alpha=0.5, top_k=6)
     decoder = MageDecoder(model, tok, settings, ["bone0", "bone1"], ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
     mu = (0.3, 0.7)
     got = decoder.generate(PROMPTS[:1], [Preference(mu)], {"max_new_tokens": 1, "batch_size": 1})[0][0]
@@ -147,10 +149,10 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
     from test_morlhf import NORM, Brevity, Positivity, _real_pairs
 
     from mobench.api import RunContext, TaskInstance
-    from mobench.mage.value import TRAIN_INFO, train_value_model
-    from mobench.methods.mage import Mage
+    from mobench.methods.mage import Mage, MageOptions
+    from mobench.methods.mage.value import TRAIN_INFO, train_value_models
     from mobench.models import micro_causal_lm
-    from mobench.training.dpo import load_experts
+    from mobench.training import load_experts, training_prompts
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     policy = tmp_path / "policy"
@@ -162,15 +164,16 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
         prompts=[p.prompt for p in pairs[:2]], normalisation=NORM, reference_point=(-3.0, -3.0),
         pairs={"brevity": pairs[2:], "positivity": pairs[2:]},
         generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4},
-        budgets={
-            "rl": {"steps": 1, "batch_size": 2, "num_generations": 2, "max_new_tokens": 4, "n_prompts": 4, "lora_r": 4},
-            "dpo": {"steps": 1, "batch_size": 2, "n_pairs": 4, "max_length": 64, "lora_r": 4},
-            "value_head": {"n_rollouts": 4, "max_new_tokens": 4, "steps": 2, "batch_size": 2, "lora_r": 4},
-            "mage": {"top_k": 4},
-        },
     )
+    options = MageOptions.preset("tiny").replace({
+        "top_k": 4,
+        "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
+        "backbones.n_prompts": 4, "backbones.lora_r": 4,
+        "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
+        "value.n_rollouts": 4, "value.max_new_tokens": 4, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
+    })
     context = RunContext(seed=0, device="cpu")
-    method = Mage()
+    method = Mage(options)
     method.prepare(task, context)
     prefs = [Preference((1.0, 0.0)), Preference((0.5, 0.5))]
     out = method.generate(task.prompts, prefs)
@@ -178,11 +181,51 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
     adapters = method.provenance()["adapters"]
     assert sorted(adapters) == ["bone0", "bone1", "dpo_brevity", "dpo_positivity", "value_brevity", "value_positivity"]
     # The DPO experts are the shared cached ones (rewarded-soups' keys); value models record real losses.
-    assert {f"dpo_{k}": str(v) for k, v in load_experts(task, context).items()}.items() <= adapters.items()
-    record = json.loads((train_value_model(task, "brevity", context) / TRAIN_INFO).read_text())
+    experts = load_experts(task.policy, task.pairs, options.experts, context, objectives=task.objective_names)
+    assert {f"dpo_{k}": str(v) for k, v in experts.items()}.items() <= adapters.items()
+    prompts = training_prompts(task, options.value.n_rollouts, context.seed)
+    values = train_value_models(task.policy, task.objectives, task.normalisation, prompts, options.value, context)
+    record = json.loads((values["brevity"] / TRAIN_INFO).read_text())
     assert record["n_rollouts"] == 4 and len(record["losses"]) == 2
     # The reference-base ablation needs no backbones and decodes the same rows.
-    ref = Mage(base="reference", variant="mage-refbase")
+    ref = Mage(options.replace({"base": "reference"}))
     ref.prepare(task, context)
     assert "bone0" not in ref.provenance()["adapters"]
     assert len(ref.generate(task.prompts, prefs[:1])[0]) == 2
+
+
+def test_options_keep_the_budgets_mage_trained_with_before():
+    from mobench.methods.mage import MageOptions
+
+    tiny, paper = MageOptions.preset("tiny"), MageOptions.preset("paper")
+    assert tiny == MageOptions()  # the defaults are the tiny scale
+    # What task.budgets["value_head"] over VALUE_DEFAULTS gave before the options moved here.
+    assert tiny.value.to_dict() == {"lora_r": 8, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all-linear",
+                                    "n_rollouts": 64, "max_new_tokens": 32, "temperature": 1.0, "steps": 50,
+                                    "batch_size": 8, "learning_rate": 1e-3}
+    assert (paper.value.n_rollouts, paper.value.steps, paper.value.learning_rate, paper.value.lora_r) == (10000, 2000, 1e-4, 64)
+    assert (paper.value.max_new_tokens, paper.value.temperature, paper.value.batch_size) == (32, 1.0, 8)
+    assert (tiny.experts.beta, tiny.experts.steps, tiny.experts.lora_r, paper.experts.steps) == (0.1, 32, 16, 1000)
+    assert (tiny.backbones.steps, tiny.backbones.num_generations, paper.backbones.steps) == (8, 4, 500)
+    assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 1.0, 8, 1.0)
+    assert tiny.w_implicit == pytest.approx(10.0) and tiny.w_explicit == 1.0  # w_imp = 1/beta
+    assert MageOptions(guidance="implicit").w_explicit == 0.0 and MageOptions(guidance="explicit").w_implicit == 0.0
+
+
+def test_ablations_are_registrations_with_fixed_options_and_alpha_is_a_user_option():
+    from mobench.api import MobenchError
+    from mobench.methods.mage import Mage, MageOptions
+    from mobench.plugins import get_plugin_manager
+
+    methods = get_plugin_manager().registry.methods
+    want = {"mage": {}, "mage-implicit": {"guidance": "implicit"}, "mage-explicit": {"guidance": "explicit"},
+            "mage-ensemble": {"proxy": "ensemble"}, "mage-refbase": {"base": "reference"}}
+    assert {n: methods[n].fixed for n in want} == want and all(methods[n].factory is Mage for n in want)
+    options = MageOptions.preset("tiny").replace({"alpha": "2", "k": "1.5,2"}, parse=True, owner="mage")
+    assert (options.alpha, options.k) == (2.0, (1.5, 2.0))
+    with pytest.raises(MobenchError, match="ambiguous"):
+        MageOptions().replace({"steps": "3"}, parse=True, owner="mage")
+    with pytest.raises(MobenchError, match="guidance"):
+        MageOptions().replace({"guidance": "neither"}, parse=True, owner="mage")
+    with pytest.raises(MobenchError, match="top_k"):
+        MageOptions().replace({"top_k": 0})

@@ -2,65 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from mobench.api import MobenchError, Preference, Progress
+from mobench.api import Generation, MobenchError, Preference, Progress
 
-GUIDANCE = ("both", "implicit", "explicit")
-PROXY = ("merged", "ensemble")
-BASE = ("bonesoup", "reference")
-
-
-@dataclass
-class MageSettings:
-    """MAGE's knobs: ablation switches and the guidance constants (see plugins/mage.py for the formula)."""
-
-    guidance: str = "both"
-    proxy: str = "merged"
-    base: str = "bonesoup"
-    b: float = 0.7
-    k: tuple[float, ...] | None = None
-    alpha: float = 1.0
-    top_k: int = 8
-    beta: float = 0.1
-    implicit_weight: float | None = None  # None: 1/beta, so the implicit term is the log-ratio itself
-    explicit_weight: float = 1.0
-
-    def check(self) -> None:
-        for name, value, allowed in (("guidance", self.guidance, GUIDANCE), ("proxy", self.proxy, PROXY), ("base", self.base, BASE)):
-            if value not in allowed:
-                raise MobenchError(f"mage option {name}={value!r}: choose one of {', '.join(allowed)}")
-        if int(self.top_k) < 1:
-            raise MobenchError(f"mage top_k must be >= 1, got {self.top_k}")
-        if self.beta <= 0:
-            raise MobenchError(f"mage beta must be > 0, got {self.beta}")
-
-    @property
-    def uses_implicit(self) -> bool:
-        return self.guidance in ("both", "implicit")
-
-    @property
-    def uses_explicit(self) -> bool:
-        return self.guidance in ("both", "explicit")
-
-    @property
-    def w_implicit(self) -> float:
-        return (1.0 / self.beta if self.implicit_weight is None else float(self.implicit_weight)) if self.uses_implicit else 0.0
-
-    @property
-    def w_explicit(self) -> float:
-        return float(self.explicit_weight) if self.uses_explicit else 0.0
+if TYPE_CHECKING:
+    from . import MageOptions
 
 
 class MageDecoder:
     """Guided decoding over a PeftModel holding backbone (bone*), DPO (dpo*) and value (value*) adapters."""
 
-    def __init__(self, model, tokenizer, settings: MageSettings, backbones: Sequence[str] = (),
+    def __init__(self, model, tokenizer, settings: "MageOptions", backbones: Sequence[str] = (),
                  experts: Sequence[str] = (), values: Sequence[str] = (), heads=None):
-        from mobench.mage.guidance import MergedScorer, ValueScorer, mage_combiner
+        """``settings``: MAGE's options (switches and constants; beta is ``settings.experts.beta``)."""
+        from .guidance import MergedScorer, ValueScorer, mage_combiner
 
-        settings.check()
+        settings.check_all()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.backbones, self.experts, self.values = list(backbones), list(experts), list(values)
         if settings.base == "bonesoup" and not self.backbones:
@@ -92,7 +50,7 @@ class MageDecoder:
                 layout["explicit"].append(len(self.scorers) - 1)
         self.layout = layout
         self.combiner = mage_combiner(layout, int(settings.top_k), float(settings.alpha),
-                                      settings.w_implicit, settings.w_explicit, float(settings.beta))
+                                      settings.w_implicit, settings.w_explicit, float(settings.experts.beta))
 
     def _add(self, scorer, role: str) -> None:
         self.scorers.append(scorer)
@@ -101,7 +59,7 @@ class MageDecoder:
     def _set_rows(self, mus) -> None:
         import torch
 
-        from mobench.bonesoup import bone_soup_coefficients
+        from .bonesoup import bone_soup_coefficients
 
         device = self.model.device
         for scorer, role in zip(self.scorers, self.roles):
@@ -115,15 +73,16 @@ class MageDecoder:
             else:
                 scorer.coefficients = None
 
-    def generate(self, prompts: Sequence[str], preferences: Sequence[Preference], generation: dict, seed: int = 0,
+    def generate(self, prompts: Sequence[str], preferences: Sequence[Preference], generation: Generation | dict, seed: int = 0,
                  progress: Progress | None = None, eos_token_ids: Sequence[int] | None = None) -> list[list[str]]:
         """Responses per preference (in order), each one per prompt; all (prompt, preference) rows batched.
 
+        ``generation``: the task's decoding settings (a dict of some of its fields is completed by its defaults);
         ``eos_token_ids`` (default: the model's) end a row; [-1] never ends one (fixed-length runs for bench/).
         """
-        from mobench.decoding.loop import DecodeSettings, decode
+        from mobench.decoding import DecodeSettings, decode
 
-        settings = DecodeSettings.from_task(generation, seed)
+        settings = DecodeSettings.from_generation(Generation.of(generation), seed)
         rows = [(p, tuple(pref.weights)) for pref in preferences for p in prompts]
         for _, mu in rows:
             if len(mu) != max(len(self.backbones), len(self.experts), len(self.values)):

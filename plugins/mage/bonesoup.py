@@ -9,9 +9,12 @@ k_j (default 1) rescales backbone j's delta toward the reference policy (k_j < 1
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from mobench.api import MobenchError, RunContext, TaskInstance
+from mobench.api import MobenchError, Normalisation, Objective, RunContext
+
+if TYPE_CHECKING:
+    from mobench.training import RlBudget
 
 
 def mixing_matrix(m: int, b: float) -> list[list[float]]:
@@ -40,9 +43,13 @@ def bone_soup_coefficients(mu: Sequence[float], b: float, k: Sequence[float] | N
     return [float(x) for x in c]
 
 
-def train_backbones(task: TaskInstance, b: float, context: RunContext | None = None) -> list[Path]:
-    """The m backbone LoRA policies (MORLHF/RLOO on row j of B), each a cached artifact shared with morlhf."""
-    from mobench.training.rl import train_rl_policy
+def train_backbones(policy: str, objectives: Sequence[Objective], normalisation: dict[str, Normalisation], b: float,
+                    prompts: Sequence[str], budget: "RlBudget", context: RunContext | None = None) -> list[Path]:
+    """The m backbone LoRA policies (MORLHF/RLOO on row j of B), each a cached artifact shared with morlhf.
 
-    rows = mixing_matrix(len(task.objectives), b)
-    return [Path(train_rl_policy(task, row, context)) for row in rows]
+    ``prompts`` are the RL training prompts and ``budget`` the RL budget (morlhf's, for a shared cache).
+    """
+    from mobench.training import train_rl_policy
+
+    rows = mixing_matrix(len(objectives), b)
+    return [Path(train_rl_policy(policy, list(objectives), normalisation, row, list(prompts), budget, context)) for row in rows]

@@ -1,7 +1,7 @@
-"""MAGE's scorers and combiner for the shared decoding loop (mobench.decoding.loop).
+"""MAGE's scorers and combiner for the shared decoding loop (mobench.decoding).
 
 Scorers keep their own KV caches on one shared PeftModel; each row runs its own weight-space merge
-(mobench.mage.rowmerge). The value scorer evaluates V on the base's top-k candidates of the step with one
+(rowmerge.py). The value scorer evaluates V on the base's top-k candidates of the step with one
 forward of [previous token, k candidates] under a tree mask (candidates see the prefix and themselves, not
 each other), then crops the candidates out of its cache.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from mobench.api import MobenchError
-from mobench.mage.rowmerge import row_merged
+
+from .rowmerge import row_merged
 
 
 class MergedScorer:
@@ -83,7 +84,7 @@ class ValueScorer:
     def __call__(self, input_ids, attention_mask, position_ids):
         import torch
 
-        from mobench.mage.value import hidden_states
+        from .value import hidden_states
 
         if self.base.last is None:
             raise MobenchError("the value scorer must come after the base scorer")
@@ -107,7 +108,7 @@ class ValueScorer:
 
 
 def mage_combiner(layout: dict, top_k: int, alpha: float, implicit_weight: float, explicit_weight: float, beta: float):
-    """s(v) = log pi_base(v) + alpha g(v) on the base's top-k (others -inf); g as in plugins/mage.py's docstring.
+    """s(v) = log pi_base(v) + alpha g(v) on the base's top-k (others -inf); g as in the package docstring (plugins/mage/__init__.py).
 
     ``layout`` names scorer indices: base, ref (None: the base is the reference), implicit (merged: one index;
     ensemble: one per objective), explicit (likewise), and ``ensemble`` (bool).
