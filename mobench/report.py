@@ -15,6 +15,7 @@ from typing import Any
 
 from mobench.leaderboard import Board, Entry
 
+_ONE_METHOD = "only one method has runs on this board: nothing to compare"
 _RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "wall s",
           "HV difference", "95% CI")
 
@@ -128,6 +129,8 @@ def to_markdown(board: Board, per_point: bool = True, comparisons: bool = True) 
 def compare_markdown(board: Board) -> str:
     """The pairwise difference table alone, in Markdown."""
     lines = [f"### {_title(board, 'compare')}", ""]
+    if not board.comparisons:
+        return "\n".join([*lines, _ONE_METHOD, *[f"\nNote: {note}." for note in board.notes]]) + "\n"
     lines += _md_table(*comparison_rows(board))
     lines += ["", f"HV difference = HV(method a) - HV(method b); {board.confidence:.0%} percentile interval of a paired "
               f"bootstrap over the same {board.n_prompts} prompts ({board.resamples} resamples, seed "
@@ -190,6 +193,9 @@ def print_table(board: Board, console, per_point: bool = False) -> None:
 
 def print_compare(board: Board, console) -> None:
     """The pairwise difference table in the terminal."""
+    if not board.comparisons:
+        console.print(_ONE_METHOD, markup=False)
+        return
     console.print(_rich_table(_title(board, "compare"), *comparison_rows(board)))
     for note in board.notes:
         console.print(f"note: {note}", markup=False)
