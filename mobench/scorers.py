@@ -1,56 +1,22 @@
-"""Scorers behind the objectives: Bradley-Terry heads on MiniLM embeddings, hub reward models, cheap scorers.
+"""Shared objective machinery: the Objective implementation, Bradley-Terry heads on MiniLM embeddings,
+hub reward models, cheap scorers.
 
-Objectives receive the prompt exactly as the policy saw it (chat template applied). Scorers need the
-plain dialogue instead, so :func:`prompt_messages` reads the common templates back into messages.
-Heavy libraries are imported inside the functions that use them.
+Scorers are called with the prompts exactly as the policy saw them (chat template applied). Those that
+compare a response against a context take a ``context(prompt) -> str`` function from the objective that
+builds them: which part of the conversation matters (the last user turn, the post, the whole dialogue) is
+the task's business (the built-in tasks' contexts are in :mod:`mobench.tasks.chats`). Heavy libraries are
+imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mobench.api import MobenchError
-
-# --- reading a templated prompt back into messages -------------------------------------------------
-# transformers can apply a chat template but has no inverse; these patterns cover ChatML (SmolLM2,
-# Qwen), Llama-3 headers, and raw HH transcripts. Anything else is taken as one user message.
-_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|\Z)", re.S)
-_LLAMA3 = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)(?:<\|eot_id\|>|\Z)", re.S)
-
-
-def prompt_messages(prompt: str) -> list[dict[str, str]]:
-    """The user/assistant messages of a templated prompt (system messages and the open turn dropped)."""
-    from mobench.data import parse_transcript
-
-    for pattern in (_CHATML, _LLAMA3):
-        found = pattern.findall(prompt)
-        if found:
-            messages = [{"role": r, "content": c.strip()} for r, c in found]
-            break
-    else:
-        messages = parse_transcript(prompt) if "\n\nHuman:" in prompt else [{"role": "user", "content": prompt.strip()}]
-    messages = [m for m in messages if m["role"] in ("user", "assistant")]
-    while messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-        messages.pop()
-    return messages
-
-
-def last_user_turn(prompt: str) -> str:
-    """The content of the last user message of a templated prompt."""
-    users = [m["content"] for m in prompt_messages(prompt) if m["role"] == "user"]
-    return users[-1] if users else prompt
-
-
-def hh_transcript(prompt: str) -> str:
-    """The prompt as an HH-RLHF transcript ending in "\\n\\nAssistant:" (the Ray2333 reward models' input)."""
-    from mobench.data import to_transcript
-
-    return to_transcript(prompt_messages(prompt))
 
 
 def word_count(text: str) -> int:

@@ -1,4 +1,7 @@
-"""Commands for the built-in tasks: ``mobench objectives eval`` and ``mobench calibrate``."""
+"""Commands for the built-in tasks' objectives: ``mobench objectives eval``.
+
+(``mobench calibrate`` is a core command: it works for every registered task.)
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,14 @@ from mobench.api import SCALES
 
 
 def _load(task: str, scale: str, device: str | None = None):
-    """The task instance without its calibration (these commands are what produce or check it)."""
+    """The task instance as its ``load`` returns it (no calibration needed to check its objectives)."""
     from mobench.api import RunContext
     from mobench.plugins import get_plugin_manager
-    from mobench.tasks._common import CALIBRATING
 
     ctx = click.get_current_context(silent=True)
     # The CLI hands its plugin manager (which honours --plugins-dir) to commands as ctx.obj["pm"].
     pm = ctx.obj.get("pm") if ctx is not None and isinstance(ctx.obj, dict) and ctx.obj.get("pm") else get_plugin_manager()
-    spec = pm.registry.task(task)
-    return spec.load(scale, RunContext(device=device, options={CALIBRATING: True}))
+    return pm.registry.task(task).load(scale, RunContext(device=device, registry=pm.registry))
 
 
 def pairwise_accuracy(objective, pairs) -> float:
@@ -48,18 +49,6 @@ def objective_accuracies(task: str, scale: str, n_pairs: int = 200) -> list[dict
     return rows
 
 
-def calibrate_task(task: str, scale: str, device: str | None = None):
-    """Compute and store a task's normalisation statistics and reference point; returns (path, record)."""
-    from mobench.api import MobenchError
-    from mobench.tasks import _calibration
-
-    instance = _load(task, scale, device)
-    if instance.provenance.get("calibration_file") != str(_calibration.calibration_path(task)):
-        raise MobenchError(f"task {task!r} does not keep a mobench calibration file; calibrate it in its own package")
-    record = _calibration.calibrate(instance, device=device)
-    return _calibration.write(task, scale, record), record
-
-
 @click.command("eval")
 @click.option("--task", required=True, help="Task whose objectives to evaluate.")
 @click.option("--scale", type=click.Choice(SCALES), default="tiny", show_default=True)
@@ -69,19 +58,6 @@ def objectives_eval(task: str, scale: str, n_pairs: int) -> None:
     for row in objective_accuracies(task, scale, n_pairs):
         acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         click.echo(f"{row['objective']:<10} accuracy {acc:>6}  pairs {row['pairs']:>4}  on {row['on']}  [{row['scorer']}]")
-
-
-@click.command("calibrate")
-@click.option("--task", required=True, help="Task to calibrate.")
-@click.option("--scale", type=click.Choice(SCALES), default="tiny", show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
-def calibrate(task: str, scale: str, device: str | None) -> None:
-    """Compute the task's normalisation statistics and reference point from the reference policy's samples."""
-    path, record = calibrate_task(task, scale, device)
-    for name, stat in record["objectives"].items():
-        click.echo(f"{name:<10} mean {stat['mean']:.4f}  std {stat['std']:.4f}  direction {stat['direction']:+d}")
-    click.echo(f"reference point {record['reference_point']}  ({record['n_prompts']} prompts, "
-               f"generation {record['generation_seconds']} s) -> {path}")
 
 
 @hookimpl
@@ -95,4 +71,3 @@ def register_commands(cli):
         existing.add_command(objectives_eval)
     else:  # another plugin already owns a plain `objectives` command
         cli.add_command(objectives_eval, "objectives-eval")
-    cli.add_command(calibrate)

@@ -18,11 +18,11 @@ from mobench.models import (
 def test_real_smollm2_generates_from_a_real_hh_prompt(data_dir):
     import torch
 
-    from mobench.tasks import _data
+    from mobench.tasks import data as task_data
 
     model, tok = load_causal_lm(SMOLLM2_ALIAS, device="cpu")
     assert model.dtype == torch.float32 and sum(p.numel() for p in model.parameters()) > 100_000_000
-    dialogue = _data.hh_eval_dialogues(1, 0, 600, seed=0)[0]
+    dialogue = task_data.hh_eval_dialogues(1, 0, 600, seed=0)[0]
     prompt = tok.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
     assert dialogue[-1]["content"] in prompt and prompt.endswith("<|im_start|>assistant\n")
     enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
@@ -67,16 +67,15 @@ def gpt2_tokenizer_without_pad(smol_tokenizer):
 
 
 def test_gpt2_reward_model_scores_real_text_batch_invariantly(tmp_path, gpt2_tokenizer_without_pad, data_dir):
-    from mobench.scorers import SequenceClassifierScorer, hh_transcript
-    from mobench.tasks import _data
+    from mobench.scorers import SequenceClassifierScorer
+    from mobench.tasks.chats import hh_transcript, to_transcript
+    from mobench.tasks import data as task_data
 
     folder = _tiny_reward_model(tmp_path / "rm", gpt2_tokenizer_without_pad, "gpt2")
     model, tok = load_sequence_classifier(str(folder), device="cpu")
     assert tok.pad_token is not None and model.config.pad_token_id == tok.pad_token_id and tok.padding_side == "right"
 
-    pairs = _data.harmless_pairs()[:4]
-    from mobench.data import to_transcript
-
+    pairs = task_data.harmless_pairs()[:4]
     prompts = [to_transcript(p.chat) for p in pairs]
     responses = [p.chosen for p in pairs[:2]] + [p.rejected for p in pairs[2:]]
     scorer = SequenceClassifierScorer(str(folder), hh_transcript, "text_pair", batch_size=4, device="cpu")
@@ -102,19 +101,19 @@ def _byte_level_bart_tokenizer():
 
 def test_bart_faithfulness_detector_path_reads_the_requested_logit(tmp_path, smol_tokenizer, data_dir):
     from mobench.scorers import SequenceClassifierScorer
-    from mobench.tasks import _data
+    from mobench.tasks import data as task_data
 
     folder = _tiny_reward_model(tmp_path / "bart", _byte_level_bart_tokenizer(), "bart")
-    pairs = _data.quality_pairs()[:3]
+    pairs = task_data.quality_pairs()[:3]
     prompts = [smol_tokenizer.apply_chat_template(p.chat, tokenize=False, add_generation_prompt=True) for p in pairs]
     summaries = [p.chosen for p in pairs]
-    label0 = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 0, device="cpu")(prompts, summaries)
-    label1 = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 1, device="cpu")(prompts, summaries)
+    label0 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 0, device="cpu")(prompts, summaries)
+    label1 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, device="cpu")(prompts, summaries)
     assert len(label1) == 3 and label0 != label1
-    one = SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 1, batch_size=1, device="cpu")
+    one = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, batch_size=1, device="cpu")
     assert [one([p], [s])[0] for p, s in zip(prompts, summaries)] == pytest.approx(label1, abs=1e-4)
     with pytest.raises(MobenchError, match="has 2 labels"):
-        SequenceClassifierScorer(str(folder), _data.post_from_prompt, "summary_post_pair", 2, device="cpu")(prompts, summaries)
+        SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 2, device="cpu")(prompts, summaries)
 
 
 def test_missing_reward_model_is_a_clear_error(tmp_path):

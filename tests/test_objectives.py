@@ -7,9 +7,10 @@ import json
 import pytest
 
 from mobench.api import MobenchError, Objective
-from mobench.scorers import last_user_turn, prompt_messages
-from mobench.tasks import _data
-from mobench.tasks._objectives import build_objective, head_folder
+from mobench.tasks import data as task_data
+from mobench.tasks.chats import last_user_turn
+from mobench.tasks.chats import parse_prompt as prompt_messages
+from mobench.tasks.objectives import build_objective, head_folder
 
 
 def _head(name: str) -> dict:
@@ -33,12 +34,12 @@ def test_other_heads_beat_0_60_on_held_out_pairs(name, data_dir):
 
 @pytest.mark.slow
 def test_head_objective_scores_templated_prompts_like_the_plain_dialogue(smol_tokenizer, data_dir):
-    from mobench.data import to_transcript
+    from mobench.tasks.chats import to_transcript
 
     objective = build_objective("harmless", "tiny")
     assert isinstance(objective, Objective) and objective.direction == 1
     assert objective.provenance()["heldout_accuracy"] > 0.60
-    pairs = _data.harmless_pairs()[:6]
+    pairs = task_data.harmless_pairs()[:6]
     templated = [smol_tokenizer.apply_chat_template(p.chat, tokenize=False, add_generation_prompt=True) for p in pairs]
     plain = [to_transcript(p.chat) for p in pairs]
     responses = [p.chosen for p in pairs]
@@ -48,16 +49,16 @@ def test_head_objective_scores_templated_prompts_like_the_plain_dialogue(smol_to
 
 
 def test_prompt_messages_inverts_the_real_chat_template(smol_tokenizer, data_dir):
-    dialogue = _data.hh_eval_dialogues(3, 0, 600, seed=0)[-1]
+    dialogue = task_data.hh_eval_dialogues(3, 0, 600, seed=0)[-1]
     prompt = smol_tokenizer.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
     assert prompt_messages(prompt) == dialogue  # SmolLM2's default system message is dropped
     assert last_user_turn(prompt) == dialogue[-1]["content"]
 
 
 def test_summary_prompt_context_is_the_post(smol_tokenizer, data_dir):
-    post = _data.tldr_eval_posts(1, 200, seed=0)[0]
-    prompt = smol_tokenizer.apply_chat_template(_data.summary_request(post), tokenize=False, add_generation_prompt=True)
-    assert _data.post_from_prompt(prompt) == post and post.startswith("SUBREDDIT:")
+    post = task_data.tldr_eval_posts(1, 200, seed=0)[0]
+    prompt = smol_tokenizer.apply_chat_template(task_data.summary_request(post), tokenize=False, add_generation_prompt=True)
+    assert task_data.post_from_prompt(prompt) == post and post.startswith("SUBREDDIT:")
 
 
 def test_toxicity_flags_offensive_text():
@@ -79,7 +80,7 @@ def test_length_and_brevity_count_words_with_opposite_directions():
 
 
 def test_brevity_pairs_prefer_the_shorter_summary(data_dir):
-    pairs = _data.brevity_pairs()
+    pairs = task_data.brevity_pairs()
     assert len(pairs) > 300
     assert all(len(p.chosen.split()) * 1.25 <= len(p.rejected.split()) for p in pairs)
 
@@ -116,7 +117,7 @@ def test_paper_objectives_name_the_papers_reward_models():
 
 
 def test_prompt_messages_reads_llama3_and_hh_transcripts():
-    from mobench.scorers import hh_transcript
+    from mobench.tasks.chats import hh_transcript
 
     llama3 = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe nice.<|eot_id|>"
               "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
@@ -126,3 +127,25 @@ def test_prompt_messages_reads_llama3_and_hh_transcripts():
     assert [m["role"] for m in prompt_messages(hh_text)] == ["user", "assistant", "user"]
     assert hh_transcript(hh_text) == hh_text
     assert prompt_messages("Just a plain request") == [{"role": "user", "content": "Just a plain request"}]
+
+
+def test_scorers_read_the_chat_a_task_templated_not_the_text(smol_tokenizer, tmp_path):
+    """A template the regex cannot read: the conversation comes from the chat the task templated."""
+    from mobench.tasks import chats
+
+    folder = tmp_path / "odd-template"
+    smol_tokenizer.save_pretrained(folder)
+    tok_config = folder / "tokenizer_config.json"
+    config = json.loads(tok_config.read_text())
+    config["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+    tok_config.write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    dialogue = [{"role": "user", "content": "Is it safe?"}, {"role": "assistant", "content": "Which part?"},
+                {"role": "user", "content": "The bridge."}]
+    [prompt] = chats.template(str(folder), [dialogue])
+    assert prompt.startswith("[user] Is it safe?") and prompt_messages(prompt) != dialogue  # the regex cannot
+    assert chats.messages(prompt) == dialogue and last_user_turn(prompt) == "The bridge."
+    assert chats.hh_transcript(prompt) == "\n\nHuman: Is it safe?\n\nAssistant: Which part?\n\nHuman: The bridge.\n\nAssistant:"
+    summary = task_data.summary_request("SUBREDDIT: r/test\nPOST: a post")
+    [summary_prompt] = chats.template(str(folder), [summary])
+    assert task_data.post_from_prompt(summary_prompt) == "SUBREDDIT: r/test\nPOST: a post"

@@ -7,17 +7,25 @@ import json
 
 import pytest
 
+from mobench import calibration
 from mobench.api import MobenchError, RunContext
-from mobench.tasks import _calibration, hh, summarize
+from mobench.plugins import get_plugin_manager
+from mobench.tasks import chats, hh, summarize
 
-DPO_KEYS = {"steps", "batch_size", "learning_rate", "beta", "max_length", "lora_r", "n_pairs"}
-RL_KEYS = {"steps", "batch_size", "num_generations", "max_new_tokens", "learning_rate", "beta_kl", "lora_r", "n_prompts"}
-VALUE_KEYS = {"n_rollouts", "steps", "learning_rate", "lora_r"}
+
+def _spec(task: str):
+    return get_plugin_manager(entry_points=False).registry.task(task)
+
+
+def _loaded(task: str, context: RunContext, spec=None):
+    """The task as the runner has it: loaded, then its calibration attached by the core."""
+    spec = spec or _spec(task)
+    return calibration.attach(spec, spec.load("tiny", context))
 
 
 @pytest.fixture(scope="module")
 def hh_tiny(data_dir):
-    return hh.load("tiny", RunContext())
+    return _loaded("hh", RunContext())
 
 
 @pytest.mark.slow
@@ -29,19 +37,22 @@ def test_hh_tiny_is_complete_and_consistent(hh_tiny):
     assert all(p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n") for p in task.prompts)
     assert set(task.normalisation) == {"helpful", "harmless"} and all(n.std > 0 for n in task.normalisation.values())
     assert task.reference_point == (-1.0, -1.0)
-    assert set(task.generation) == {"max_new_tokens", "do_sample", "temperature", "batch_size"}
-    assert set(task.budgets["dpo"]) == DPO_KEYS and set(task.budgets["rl"]) == RL_KEYS
-    assert set(task.budgets["value_head"]) == VALUE_KEYS
+    assert set(task.generation.to_dict()) == {"max_new_tokens", "do_sample", "temperature", "batch_size"}
     assert len(task.pairs["harmless"]) == 2070 and len(task.pairs["helpful"]) == 422
     train_prompts = {p.prompt for pairs in task.pairs.values() for p in pairs}
     assert not train_prompts & set(task.prompts)
     assert all(p.prompt.startswith("<|im_start|>") for p in task.pairs["harmless"][:50])
     assert task.provenance["data"][0]["origin"] == "data_dir"
+    # The structured chats beside the templated prompts: every scorer context read from the chat the task
+    # templated is the one the regex reads back from the text (the results do not depend on the table).
+    assert len(task.chats) == 32 and task.chats[-1][-1]["content"] in task.prompts[-1]
+    every = task.prompts + [p.prompt for pairs in task.pairs.values() for p in pairs]
+    assert all(chats.messages(p) == chats.parse_prompt(p) for p in every)
 
 
 @pytest.mark.slow
 def test_two_loads_give_identical_prompts_statistics_and_reference_point(hh_tiny):
-    again = hh.load("tiny", RunContext(seed=123))  # the run's seed must not move the task
+    again = _loaded("hh", RunContext(seed=123))  # the run's seed must not move the task
     assert again.prompts == hh_tiny.prompts
     assert again.normalisation == hh_tiny.normalisation and again.reference_point == hh_tiny.reference_point
     assert [p.prompt for p in again.pairs["helpful"][:20]] == [p.prompt for p in hh_tiny.pairs["helpful"][:20]]
@@ -49,9 +60,9 @@ def test_two_loads_give_identical_prompts_statistics_and_reference_point(hh_tiny
 
 @pytest.mark.slow
 def test_calibration_is_reproducible_from_the_reference_policy(hh_tiny):
-    mini = dataclasses.replace(hh_tiny, prompts=hh_tiny.prompts[:4],
-                               generation={**hh_tiny.generation, "max_new_tokens": 12, "batch_size": 4})
-    first, second = _calibration.calibrate(mini, device="cpu"), _calibration.calibrate(mini, device="cpu")
+    mini = dataclasses.replace(hh_tiny, prompts=hh_tiny.prompts[:4], chats=hh_tiny.chats[:4],
+                               generation=dataclasses.replace(hh_tiny.generation, max_new_tokens=12, batch_size=4))
+    first, second = calibration.calibrate(mini, device="cpu"), calibration.calibrate(mini, device="cpu")
     assert first["objectives"] == second["objectives"] and first["prompts_sha256"] == second["prompts_sha256"]
     assert first["reference_point"] == [-1.0, -1.0]
     # The statistics are those of the reference responses: the mean z of those responses is 0.
@@ -60,7 +71,7 @@ def test_calibration_is_reproducible_from_the_reference_policy(hh_tiny):
 
 @pytest.mark.slow
 def test_summarize_tiny_loads_with_quality_and_brevity(data_dir):
-    task = summarize.load("tiny", RunContext())
+    task = _loaded("summarize", RunContext())
     assert task.objective_names == ["quality", "brevity"] and [o.direction for o in task.objectives] == [1, -1]
     assert len(task.prompts) == 32 and all("TL;DR summary" in p for p in task.prompts)
     assert task.reference_point == (-1.0, -1.0) and task.normalisation["brevity"].mean > 0
@@ -68,24 +79,26 @@ def test_summarize_tiny_loads_with_quality_and_brevity(data_dir):
     assert not {p.prompt for ps in task.pairs.values() for p in ps} & set(task.prompts)
 
 
-def test_missing_calibration_names_the_command(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(_calibration, "TASKS_DIR", tmp_path)
+def test_missing_calibration_names_the_command(data_dir, tmp_path):
+    elsewhere = dataclasses.replace(_spec("summarize"), calibration=tmp_path / "summarize.json")
     with pytest.raises(MobenchError, match="run `mobench calibrate --task summarize --scale tiny`"):
-        summarize.load("tiny", RunContext())
+        _loaded("summarize", RunContext(), elsewhere)
 
 
-def test_stale_calibration_is_refused(data_dir, tmp_path, monkeypatch):
-    content = json.loads(_calibration.calibration_path("summarize").read_text())
+def test_stale_calibration_is_refused(data_dir, tmp_path):
+    content = json.loads(calibration.calibration_path(_spec("summarize")).read_text())
     content["scales"]["tiny"]["prompts_sha256"] = "0" * 64
     (tmp_path / "summarize.json").write_text(json.dumps(content))
-    monkeypatch.setattr(_calibration, "TASKS_DIR", tmp_path)
+    elsewhere = dataclasses.replace(_spec("summarize"), calibration=tmp_path / "summarize.json")
     with pytest.raises(MobenchError, match="stale"):
-        summarize.load("tiny", RunContext())
+        _loaded("summarize", RunContext(), elsewhere)
 
 
 def test_calibration_files_are_committed_for_tiny():
     for task in ("hh", "summarize"):
-        record = json.loads(_calibration.calibration_path(task).read_text())["scales"]["tiny"]
+        path = calibration.calibration_path(_spec(task))
+        assert path.parent.name == "tasks" and path.name == f"{task}.json"
+        record = json.loads(path.read_text())["scales"]["tiny"]
         assert record["reference_point"] == [-1.0, -1.0] and record["n_prompts"] == 32
 
 
@@ -118,4 +131,6 @@ def test_objectives_eval_command_prints_held_out_accuracies(data_dir):
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()}
     assert "held-out" in lines["harmless"] and float(lines["harmless"].split()[2]) > 0.60
-    assert "calibrate" in cli.commands
+    from mobench.cli import cli as mobench_cli
+
+    assert "calibrate" in mobench_cli.commands  # a core command now, for every task

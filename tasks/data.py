@@ -1,4 +1,4 @@
-"""The built-in tasks' prompts and preference pairs, assembled from the real sources in mobench.data.
+"""The built-in tasks' prompts and preference pairs, assembled from the real sources in :mod:`mobench.tasks.sources`.
 
 Evaluation prompts and training pairs never share a prompt: an HH dialogue belongs to the
 evaluation pool when the sha256 of its opening turn falls in the pool's 10% bucket; helpful and
@@ -12,8 +12,9 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from mobench import data
-from mobench.api import MobenchError
+from mobench.api import Chat, MobenchError
+from mobench.tasks.chats import last_user_message, messages, parse_transcript
+from mobench.tasks.sources import SOURCES
 
 EVAL_POOL_PERCENT = 10
 SUMMARY_INSTRUCTION = "Write a TL;DR summary of the post above in one or two sentences."
@@ -29,7 +30,8 @@ class RawPair:
     source: str
 
     @property
-    def chat(self) -> list[dict[str, str]]:
+    def chat(self) -> Chat:
+        """The dialogue as chat messages."""
         return [{"role": r, "content": c} for r, c in self.messages]
 
 
@@ -50,7 +52,7 @@ def _as_messages(chat: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
 
 
 def _split_last_reply(transcript: str) -> tuple[list[dict[str, str]], str]:
-    chat = data.parse_transcript(transcript)
+    chat = parse_transcript(transcript)
     if not chat or chat[-1]["role"] != "assistant":
         return chat, ""
     return chat[:-1], chat[-1]["content"]
@@ -63,7 +65,7 @@ def _split_last_reply(transcript: str) -> tuple[list[dict[str, str]], str]:
 def hh_harmless_rows() -> tuple[tuple[tuple[tuple[str, str], ...], str, str], ...]:
     """HH-RLHF harmless-base test pairs as (dialogue, chosen reply, rejected reply), same dialogue only."""
     rows = []
-    for row in data.load_source("hh-rlhf-harmless-test"):
+    for row in SOURCES.load("hh-rlhf-harmless-test"):
         ctx_c, chosen = _split_last_reply(row["chosen"])
         ctx_r, rejected = _split_last_reply(row["rejected"])
         if ctx_c and ctx_c == ctx_r and chosen and rejected and chosen != rejected:
@@ -82,20 +84,20 @@ def harmless_pairs() -> list[RawPair]:
 
 def helpful_eval_instructions() -> list[str]:
     """Single-turn helpful instructions from dove's HH-helpful test file (no pair uses them)."""
-    return [row["instruction"].strip() for row in data.load_source("dove-helpful-test") if row["instruction"].strip()]
+    return [row["instruction"].strip() for row in SOURCES.load("dove-helpful-test") if row["instruction"].strip()]
 
 
 def helpful_pairs() -> list[RawPair]:
     """HHH helpful pairs (written by Anthropic) plus dove's HH-helpful preference pairs."""
     held = set(helpful_eval_instructions())
     pairs = []
-    for row in data.load_source("hhh-helpful"):
+    for row in SOURCES.load("hhh-helpful"):
         scores = {k: v for k, v in row["target_scores"].items() if v is not None}
         good = [k for k, v in scores.items() if v == 1]
         bad = [k for k, v in scores.items() if v == 0]
         if len(good) == 1 and len(bad) == 1 and row["input"].strip() not in held:
             pairs.append(RawPair((("user", row["input"].strip()),), good[0].strip(), bad[0].strip(), "hhh-helpful"))
-    for row in data.load_source("dove-helpful-pref"):
+    for row in SOURCES.load("dove-helpful-pref"):
         prompt = row["i_chosen"].strip()
         if row["i_reject"].strip() != prompt or prompt in held or row["r_chosen"] == row["r_reject"]:
             continue
@@ -138,19 +140,22 @@ def summary_request(post: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{post}\n\n{SUMMARY_INSTRUCTION}"}]
 
 
+def post_of(chat: Chat, default: str = "") -> str:
+    """The post a summarisation chat asks about: its last user message without the instruction."""
+    text = last_user_message(chat, default)
+    return text[: -len(SUMMARY_INSTRUCTION)].rstrip() if text.endswith(SUMMARY_INSTRUCTION) else text
+
+
 def post_from_prompt(prompt: str) -> str:
     """The post a templated summarisation prompt asks about (the context of the quality scorers)."""
-    from mobench.scorers import last_user_turn
-
-    text = last_user_turn(prompt)
-    return text[: -len(SUMMARY_INSTRUCTION)].rstrip() if text.endswith(SUMMARY_INSTRUCTION) else text
+    return post_of(messages(prompt), default=prompt)
 
 
 @lru_cache(maxsize=1)
 def tldr_rows() -> tuple[tuple[str, str, str, str | None], ...]:
     """TL;DR rows as (post, reference summary, 1.3B PPO summary, GPT-4 verdict or None)."""
     out = []
-    for row in data.load_source("tldr-oai-judged"):
+    for row in SOURCES.load("tldr-oai-judged"):
         verdict = row["preferred"] if row["preferred"] in ("ours", "reference") else None
         out.append((post_block(row["query"]), str(row["reference_responses"]).strip(),
                     str(row["postprocessed_response"]).strip(), verdict))

@@ -1,0 +1,110 @@
+"""What the built-in tasks share: the per-scale declaration of a task and the assembly of its TaskInstance.
+
+A built-in task is a :class:`BuiltinTask`: its objectives (by registered name), data sources, scales,
+evaluation chats and preference pairs. Loading one templates every chat for the scale's policy
+(:func:`mobench.tasks.chats.template`, which keeps each prompt's chat for the scorers), gets the
+objectives from the registry and hands the core a TaskInstance without normalisation: the core attaches
+it from the task's calibration file (``mobench calibrate --task NAME`` writes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mobench.api import SCALES, Chat, Generation, MobenchError, PreferencePair, RunContext, TaskInstance, prompts_sha256
+from mobench.tasks.data import RawPair, seeded_order
+
+TINY_POLICY = "smollm2-135m-instruct"
+PAPER_POLICY = "Qwen/Qwen2.5-7B-Instruct"
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """One scale of a task: policy, prompt counts and limit, grid size, decoding settings, data seed."""
+
+    policy: str
+    n_prompts: dict[str, int]
+    prompt_limit: int
+    grid_points: int
+    generation: Generation
+    seed: int = 0
+
+
+def tiny_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
+    """The tiny scale: SmolLM2-135M-Instruct on a CPU, a 3-point grid, greedy decoding in batches of 8."""
+    return ScaleConfig(TINY_POLICY, n_prompts, prompt_limit, 3, Generation(max_new_tokens, False, 1.0, 8))
+
+
+def paper_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
+    """The paper scale: Qwen2.5-7B-Instruct, an 11-point grid, greedy decoding in batches of 32."""
+    return ScaleConfig(PAPER_POLICY, n_prompts, prompt_limit, 11, Generation(max_new_tokens, False, 1.0, 32))
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    """A built-in task's declaration; :meth:`load` is its loader and :meth:`register` its registration.
+
+    ``chats(cfg)``: the evaluation chats at a scale; ``pairs()``: objective name -> preference pairs before
+    templating; ``sources``: the data sources (for provenance); ``calibration``: its committed calibration file.
+    """
+
+    name: str
+    objectives: tuple[str, ...]
+    sources: tuple[str, ...]
+    scales: dict[str, ScaleConfig]
+    chats: Callable[[ScaleConfig], list[Chat]]
+    pairs: Callable[[], dict[str, list[RawPair]]]
+    calibration: Path
+    description: str = ""
+
+    def config(self, scale: str) -> ScaleConfig:
+        """The declared scale, or a MobenchError naming the known ones."""
+        if scale not in self.scales:
+            known = ", ".join(s for s in SCALES if s in self.scales)
+            raise MobenchError(f"task {self.name!r} has no scale {scale!r} (known: {known})")
+        return self.scales[scale]
+
+    def load(self, scale: str = "tiny", context: RunContext | None = None) -> TaskInstance:
+        """The task at ``scale``: prompts and pairs templated for the policy, objectives from the registry."""
+        from mobench.tasks.chats import template
+        from mobench.tasks.sources import SOURCES
+
+        cfg = self.config(scale)
+        context = context if context is not None else RunContext()
+        chats = self.chats(cfg)
+        # A seeded order so that the first n pairs a trainer takes are a fair sample of all of them.
+        raw = {name: seeded_order(pairs, cfg.seed) for name, pairs in self.pairs().items()}
+        templated = template(cfg.policy, chats + [p.chat for ps in raw.values() for p in ps])
+        prompts, rest = templated[: len(chats)], iter(templated[len(chats):])
+        pairs = {name: [PreferencePair(next(rest), p.chosen, p.rejected) for p in ps] for name, ps in raw.items()}
+        leaked = set(prompts) & {p.prompt for ps in pairs.values() for p in ps}
+        if leaked:  # guarded by construction in tasks.data; kept as a check because it would bias every method
+            raise MobenchError(f"task {self.name!r}: {len(leaked)} evaluation prompts also appear in training pairs")
+        provenance: dict[str, Any] = {
+            "task": self.name,
+            "scale": scale,
+            "seed": cfg.seed,
+            "n_prompts": len(prompts),
+            "prompts_sha256": prompts_sha256(prompts),
+            "pairs": {name: len(ps) for name, ps in pairs.items()},
+            "data": [SOURCES.provenance(s) for s in self.sources],
+        }
+        return TaskInstance(
+            name=self.name,
+            scale=scale,
+            policy=cfg.policy,
+            objectives=[context.objective(name, scale) for name in self.objectives],
+            prompts=prompts,
+            chats=chats,
+            pairs=pairs,
+            grid_points=cfg.grid_points,
+            generation=cfg.generation,
+            provenance=provenance,
+        )
+
+    def register(self, register) -> None:
+        """Register the task (the body of its ``register_tasks`` hook)."""
+        register.task(self.name, self.load, objectives=self.objectives, description=self.description,
+                      calibration=self.calibration)
