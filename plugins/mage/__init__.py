@@ -61,7 +61,7 @@ class MageOptions(Options):
         if self.top_k < 1:
             raise MobenchError(f"mage top_k must be >= 1, got {self.top_k}")
         if not 0 < self.b <= 1:
-            raise MobenchError(f"mage b must lie in (1/m, 1], got {self.b:g}")
+            raise MobenchError(f"mage b must lie in (1/m, 1] for m objectives, got {self.b:g}")
 
     @property
     def uses_implicit(self) -> bool:
