@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from mobench import hookimpl
 from mobench.api import SCALES, Chat, Generation, MobenchError, PreferencePair, RunContext, TaskInstance, prompts_sha256
 from mobench.tasks.data import RawPair, seeded_order
 
@@ -104,7 +105,8 @@ class BuiltinTask:
             provenance=provenance,
         )
 
-    def register(self, register) -> None:
-        """Register the task (the body of its ``register_tasks`` hook)."""
+    @hookimpl
+    def register_tasks(self, register) -> None:
+        """The task module's ``register_tasks`` hook (``register_tasks = TASK.register_tasks`` in the module)."""
         register.task(self.name, self.load, objectives=self.objectives, description=self.description,
                       calibration=self.calibration)

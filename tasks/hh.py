@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobench import hookimpl
 from mobench.tasks import data
 from mobench.tasks.common import BuiltinTask, ScaleConfig, paper_scale, tiny_scale
 
@@ -16,6 +15,8 @@ def eval_chats(cfg: ScaleConfig):
 
 TASK = BuiltinTask(
     name="hh",
+    description="HH-RLHF red-team dialogues + helpful requests; objectives helpful, harmless",
+    calibration=Path(__file__).with_name("hh.json"),  # committed: mobench calibrate --task hh
     objectives=("helpful", "harmless"),
     sources=("hh-rlhf-harmless-test", "hhh-helpful", "dove-helpful-test", "dove-helpful-pref"),
     scales={
@@ -25,12 +26,6 @@ TASK = BuiltinTask(
     },
     chats=eval_chats,
     pairs=lambda: {"helpful": data.helpful_pairs(), "harmless": data.harmless_pairs()},
-    calibration=Path(__file__).with_name("hh.json"),
-    description="HH-RLHF red-team dialogues + helpful requests; objectives helpful, harmless",
 )
-NAME, OBJECTIVES, SCALES, load = TASK.name, TASK.objectives, TASK.scales, TASK.load
-
-
-@hookimpl
-def register_tasks(register):
-    TASK.register(register)
+load = TASK.load
+register_tasks = TASK.register_tasks  # the plugin's hook implementation

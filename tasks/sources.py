@@ -27,6 +27,10 @@ def _hhh(subset: str) -> Source:
     )
 
 
+def _dove(name: str, path: str) -> Source:
+    return Source(name, f"dove/{path}", "json", upstream="Hritikbansal/dove@02e53a0", license="MIT")
+
+
 SOURCES = Sources([
     Source(
         "hh-rlhf-harmless-test",
@@ -40,12 +44,9 @@ SOURCES = Sources([
     _hhh("harmless"),
     # The dove, TL;DR-judged, XSTest and SummEval files have no copy with the same content on
     # the Hub; they come from GitHub and are read from MOBENCH_DATA_DIR only.
-    Source("dove-helpful-test", "dove/anthropic_helpful/test.jsonl", "json",
-           upstream="Hritikbansal/dove@02e53a0", license="MIT"),
-    Source("dove-helpful-pref", "dove/anthropic_helpful/val_conditional_pref.jsonl", "json",
-           upstream="Hritikbansal/dove@02e53a0", license="MIT"),
-    Source("dove-tldr-test", "dove/tldr/test.jsonl", "json",
-           upstream="Hritikbansal/dove@02e53a0", license="MIT"),
+    _dove("dove-helpful-test", "anthropic_helpful/test.jsonl"),
+    _dove("dove-helpful-pref", "anthropic_helpful/val_conditional_pref.jsonl"),
+    _dove("dove-tldr-test", "tldr/test.jsonl"),
     Source("tldr-oai-judged", "tldr-oai/oai1b.csv_judged.csv", "csv",
            upstream="vwxyzjn/summarize_from_feedback_details@c26c3a8 eval/", license="MIT"),
     Source("xstest-prompts", "xstest/xstest_prompts.csv", "csv",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobench import hookimpl
 from mobench.tasks import data
 from mobench.tasks.common import BuiltinTask, ScaleConfig, paper_scale, tiny_scale
 
@@ -16,6 +15,8 @@ def eval_chats(cfg: ScaleConfig):
 
 TASK = BuiltinTask(
     name="summarize",
+    description="Reddit TL;DR posts; objectives quality (judged pairs) and brevity (words, fewer better)",
+    calibration=Path(__file__).with_name("summarize.json"),  # committed: mobench calibrate --task summarize
     objectives=("quality", "brevity"),
     sources=("tldr-oai-judged",),
     scales={
@@ -25,12 +26,6 @@ TASK = BuiltinTask(
     },
     chats=eval_chats,
     pairs=lambda: {"quality": data.quality_pairs(), "brevity": data.brevity_pairs()},
-    calibration=Path(__file__).with_name("summarize.json"),
-    description="Reddit TL;DR posts; objectives quality (judged pairs) and brevity (words, fewer better)",
 )
-NAME, OBJECTIVES, SCALES, load = TASK.name, TASK.objectives, TASK.scales, TASK.load
-
-
-@hookimpl
-def register_tasks(register):
-    TASK.register(register)
+load = TASK.load
+register_tasks = TASK.register_tasks  # the plugin's hook implementation
