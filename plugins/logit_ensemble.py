@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mobench import hookimpl
-from mobench.api import Method, MobenchError, Preference
+from mobench.api import MobenchError, Preference
 from mobench.options import Options, budget, option
-from mobench.training import DpoBudget
+from mobench.training import DpoBudget, ExpertsMethod
 
 
 @dataclass(frozen=True)
@@ -29,34 +29,24 @@ class LogitEnsembleOptions(Options):
             raise MobenchError(f"logit-ensemble max_rows must be >= 1, not {self.max_rows!r}")
 
 
-class LogitEnsemble(Method):
+class LogitEnsemble(ExpertsMethod):
     """Decode every grid point at once with the weighted sum of the experts' next-token log-probs."""
 
     Options = LogitEnsembleOptions
     name = "logit-ensemble"
     batch_preferences = True
 
-    def __init__(self, options: LogitEnsembleOptions | None = None):
-        super().__init__(options)
-        self.experts: dict[str, Any] = {}
-
     def prepare(self, task, context) -> None:
         from mobench.decoding import ModelScorer
-        from mobench.training import load_expert_policy
 
-        super().prepare(task, context)
-        self.model, self.tokenizer, self.experts = load_expert_policy(
-            task.policy, task.pairs, self.options.experts, context, task.objective_names
-        )
+        super().prepare(task, context)  # the experts, as adapters on one policy
         self.scorers = [ModelScorer(self.model, name) for name in self.experts]
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
         from mobench.decoding import DecodeSettings, decode, logit_ensemble
 
         task, context = self.prepared()
-        for p in preferences:
-            if len(p) != len(self.experts):
-                raise MobenchError(f"preference {p.key} has {len(p)} weights for {len(self.experts)} experts")
+        self.check_preferences(preferences)
         settings = DecodeSettings.from_generation(task.generation, context.seed)
         # A batch holds batch_size prompts at every grid point (capped by max_rows): rows are
         # prompt-major, so a batch's rows share prompts and need little padding.
@@ -78,13 +68,8 @@ class LogitEnsemble(Method):
         return out
 
     def provenance(self) -> dict[str, Any]:
-        from mobench.training import expert_record
-
-        return {
-            **super().provenance(),
-            "decoding": "sum_i w_i log pi_i per token, one KV cache per expert adapter (mobench.decoding)",
-            "experts": {k: {"path": str(v), "train": expert_record(v)} for k, v in self.experts.items()},
-        }
+        decoding = "sum_i w_i log pi_i per token, one KV cache per expert adapter (mobench.decoding)"
+        return {**super().provenance(), "decoding": decoding}
 
 
 @hookimpl

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mobench import hookimpl
-from mobench.api import Method, MobenchError, Preference
+from mobench.api import Preference
 from mobench.options import Options, budget
-from mobench.training import DpoBudget
+from mobench.training import DpoBudget, ExpertsMethod
 
 
 @dataclass(frozen=True)
@@ -23,33 +23,19 @@ class RewardedSoupsOptions(Options):
     experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts (shared with other methods through the cache)")
 
 
-class RewardedSoups(Method):
+class RewardedSoups(ExpertsMethod):
     """Merge the experts' LoRA deltas by the preference, then decode with the merged policy."""
 
     Options = RewardedSoupsOptions
     name = "rewarded-soups"
     batch_preferences = False  # one merged model per grid point: nothing to share across points
 
-    def __init__(self, options: RewardedSoupsOptions | None = None):
-        super().__init__(options)
-        self.experts: dict[str, Any] = {}
-
-    def prepare(self, task, context) -> None:
-        from mobench.training import load_expert_policy
-
-        super().prepare(task, context)
-        self.model, self.tokenizer, self.experts = load_expert_policy(
-            task.policy, task.pairs, self.options.experts, context, task.objective_names
-        )
-
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
         from mobench.decoding import generate_for_task
         from mobench.merging import merge_lora_adapters
 
         task, context = self.prepared()
-        for p in preferences:
-            if len(p) != len(self.experts):
-                raise MobenchError(f"preference {p.key} has {len(p)} weights for {len(self.experts)} experts")
+        self.check_preferences(preferences)
         out = []
         for preference in preferences:
             merge_lora_adapters(self.model, list(self.experts), preference.weights)
@@ -57,13 +43,8 @@ class RewardedSoups(Method):
         return out
 
     def provenance(self) -> dict[str, Any]:
-        from mobench.training import expert_record
-
-        return {
-            **super().provenance(),
-            "merge": "exact LoRA-delta soup sum_i w_i B_i A_i (peft add_weighted_adapter, combination_type=cat)",
-            "experts": {k: {"path": str(v), "train": expert_record(v)} for k, v in self.experts.items()},
-        }
+        merge = "exact LoRA-delta soup sum_i w_i B_i A_i (peft add_weighted_adapter, combination_type=cat)"
+        return {**super().provenance(), "merge": merge}
 
 
 @hookimpl

@@ -12,7 +12,7 @@ EXPERTS = ["harmless", "helpful"]
 
 @pytest.fixture()
 def setup(micro_lm, data_dir):
-    from mobench.decoding.loop import ModelScorer
+    from mobench.decoding import ModelScorer
 
     model, tok = micro_lm
     model = two_adapters(model)
@@ -30,7 +30,7 @@ def hf_greedy(model, tok, prompts, adapter, n):
 
 
 def test_one_hot_weights_reproduce_each_expert_greedy(setup):
-    from mobench.decoding.loop import DecodeSettings, ModelScorer, decode_tokens, logit_ensemble
+    from mobench.decoding import DecodeSettings, ModelScorer, decode_tokens, logit_ensemble
 
     model, tok, prompts, scorers = setup
     settings = DecodeSettings(max_new_tokens=10, batch_size=8)
@@ -46,7 +46,7 @@ def test_one_hot_weights_reproduce_each_expert_greedy(setup):
 
 
 def test_rows_carry_their_own_weights(setup):
-    from mobench.decoding.loop import DecodeSettings, decode_tokens, logit_ensemble
+    from mobench.decoding import DecodeSettings, decode_tokens, logit_ensemble
 
     model, tok, prompts, scorers = setup
     settings = DecodeSettings(max_new_tokens=6, batch_size=4)
@@ -58,7 +58,7 @@ def test_rows_carry_their_own_weights(setup):
 
 
 def test_first_token_is_argmax_of_weighted_log_probs(setup):
-    from mobench.decoding.loop import DecodeSettings, decode_tokens, logit_ensemble
+    from mobench.decoding import DecodeSettings, decode_tokens, logit_ensemble
 
     model, tok, prompts, scorers = setup
     w = [0.3, 0.7]
@@ -73,7 +73,7 @@ def test_first_token_is_argmax_of_weighted_log_probs(setup):
 
 
 def test_rows_stop_at_eos(setup):
-    from mobench.decoding.loop import DecodeSettings, decode_tokens, logit_ensemble
+    from mobench.decoding import DecodeSettings, decode_tokens, logit_ensemble
 
     model, tok, prompts, scorers = setup
     settings = DecodeSettings(max_new_tokens=8)
@@ -87,7 +87,7 @@ def test_rows_stop_at_eos(setup):
 
 
 def test_sampling_is_seeded(setup):
-    from mobench.decoding.loop import DecodeSettings, decode, logit_ensemble
+    from mobench.decoding import DecodeSettings, decode, logit_ensemble
 
     model, tok, prompts, scorers = setup
     rows = [[0.5, 0.5]] * len(prompts)
@@ -104,7 +104,7 @@ def test_sampling_is_seeded(setup):
 
 
 def test_progress_and_generate_responses(setup):
-    from mobench.decoding.generate import generate_responses
+    from mobench.decoding import generate_responses
 
     model, tok, prompts, _ = setup
     model.set_adapter("harmless")
@@ -132,7 +132,7 @@ def test_progress_and_generate_responses(setup):
 
 
 def test_rows_sharing_a_prompt_share_its_prefill(setup):
-    from mobench.decoding.loop import DecodeSettings, ModelScorer, decode_tokens, logit_ensemble
+    from mobench.decoding import DecodeSettings, ModelScorer, decode_tokens, logit_ensemble
 
     model, tok, prompts, _ = setup
 
@@ -163,3 +163,23 @@ def test_rows_sharing_a_prompt_share_its_prefill(setup):
     assert counting[0].batches[1:] == [9] * 4
     plain = decode_tokens([NoSharing(ModelScorer(model, a)) for a in EXPERTS], logit_ensemble, tok, rows, weights, settings, [-1])
     assert shared == plain
+
+
+def test_decode_settings_are_read_from_the_generation_settings():
+    from mobench.api import Generation
+    from mobench.decoding import DecodeSettings
+
+    g = Generation(max_new_tokens=5, do_sample=True, temperature=0.7, batch_size=3)
+    assert DecodeSettings.from_generation(g, 4) == DecodeSettings(5, True, 0.7, 3, 4)
+    assert DecodeSettings.from_generation(Generation(), 0) == DecodeSettings()  # one set of defaults
+
+
+def test_public_packages_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, mobench.training, mobench.decoding, mobench.merging\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "for m in (mobench.training, mobench.decoding, mobench.merging):\n"
+            "    assert all(hasattr(m, n) for n in m.__all__), m\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

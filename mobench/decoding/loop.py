@@ -118,17 +118,22 @@ def decode_tokens(
     prompts: Sequence[str],
     weights: Sequence[Sequence[float]],
     settings: DecodeSettings,
-    eos_token_ids: Sequence[int],
+    eos_token_ids: Sequence[int] | None = None,
     progress: Progress | None = None,
     description: str = "decoding",
 ) -> list[list[int]]:
-    """New token ids per row (EOS included when emitted); row r decodes prompts[r] under weights[r]."""
+    """New token ids per row (EOS included when emitted); row r decodes prompts[r] under weights[r].
+
+    ``eos_token_ids`` None: :func:`eos_ids` of the first scorer's model.
+    """
     import torch
 
     if len(prompts) != len(weights):
         raise MobenchError(f"{len(prompts)} prompts but {len(weights)} weight rows")
     if not scorers:
         raise MobenchError("the decoding loop needs at least one scorer")
+    if eos_token_ids is None:
+        eos_token_ids = eos_ids(scorers[0].model, tokenizer)
     device = scorers[0].model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_token_ids[0])
     eos = torch.tensor(list(eos_token_ids), device=device, dtype=torch.long)
@@ -187,20 +192,9 @@ def decode_tokens(
     return out
 
 
-def decode(
-    scorers: Sequence[ModelScorer],
-    combiner: Combiner,
-    tokenizer,
-    prompts: Sequence[str],
-    weights: Sequence[Sequence[float]],
-    settings: DecodeSettings,
-    eos_token_ids: Sequence[int] | None = None,
-    **kwargs,
-) -> list[str]:
-    """Decoded responses per row (special tokens dropped); EOS ids default to :func:`eos_ids` of the first scorer.
-
-    ``kwargs`` (``progress``, ``description``) go to :func:`decode_tokens`.
-    """
-    eos = list(eos_token_ids) if eos_token_ids is not None else eos_ids(scorers[0].model, tokenizer)
-    ids = decode_tokens(scorers, combiner, tokenizer, prompts, weights, settings, eos, **kwargs)
+def decode(scorers: Sequence[ModelScorer], combiner: Combiner, tokenizer, prompts: Sequence[str],
+           weights: Sequence[Sequence[float]], settings: DecodeSettings, eos_token_ids: Sequence[int] | None = None,
+           **kwargs) -> list[str]:
+    """:func:`decode_tokens` (the same arguments) decoded to text per row, special tokens dropped."""
+    ids = decode_tokens(scorers, combiner, tokenizer, prompts, weights, settings, eos_token_ids, **kwargs)
     return tokenizer.batch_decode(ids, skip_special_tokens=True)

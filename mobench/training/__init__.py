@@ -11,7 +11,9 @@ DPO experts (one per objective, trl's DPOTrainer, the policy with its adapter di
     ``train_dpo_expert(policy, objective, pairs, budget, context)`` -> adapter folder;
     ``load_experts(policy, pairs, budget, context, objectives)`` -> {objective: folder};
     ``load_expert_policy(...)`` -> (peft model with one adapter per objective, tokenizer, experts);
-    ``expert_key``, ``expert_pairs``, ``expert_record``; ``dpo_config`` and ``dpo_hyper`` (trl's DPOConfig
+    ``ExpertsMethod`` (base class of a method on the experts: prepare loads them, provenance lists them);
+    ``expert_key``, ``expert_pairs``, ``expert_record``, ``experts_provenance`` (folders and records, for a
+    method's provenance); ``dpo_config`` and ``dpo_hyper`` (trl's DPOConfig
     and the key's hyper-parameters from a budget, for other DPO-style trainers); ``DPO_RECIPE``.
 
 RL on a weighted sum of z-scored rewards (trl's RLOOTrainer)
@@ -25,7 +27,8 @@ Pieces for writing a trainer
     ``load_for_training(policy, context)``, ``train_and_save(trainer, out, device, record)`` (runs a trl
     trainer, saves adapter and record ``TRAIN_INFO``), ``pairs_dataset``, ``data_hash``, ``truncate_prompts``,
     ``completion_positions_only``, ``checkpointing_kwarg``, ``silence_console``, ``quiet_datasets``,
-    ``progress_callback``, ``context_seed``, ``weights_label``.
+    ``progress_callback``, ``context_seed``, ``weights_label``; ``PolicyPerPreference`` (base class of a
+    method that trains one policy per preference and decodes with it: MORLHF, MODPO).
 
 Loading
     ``load_policy_with_adapters(policy, {name: folder}, device)``, ``load_adapter``, ``resolve_device(context)``.
@@ -35,6 +38,7 @@ from mobench.training.common import (
     TRAIN_INFO,
     TRAINING_LIBRARIES,
     LoraBudget,
+    PolicyPerPreference,
     checkpointing_kwarg,
     completion_positions_only,
     context_seed,
@@ -58,11 +62,13 @@ from mobench.training.common import (
 from mobench.training.dpo import (
     DPO_RECIPE,
     DpoBudget,
+    ExpertsMethod,
     dpo_config,
     dpo_hyper,
     expert_key,
     expert_pairs,
     expert_record,
+    experts_provenance,
     load_expert_policy,
     load_experts,
     train_dpo_expert,
@@ -79,12 +85,13 @@ from mobench.training.rl import (
 
 __all__ = [
     "LoraBudget", "DpoBudget", "RlBudget",
-    "train_dpo_expert", "load_experts", "load_expert_policy", "expert_key", "expert_pairs", "expert_record",
+    "ExpertsMethod", "train_dpo_expert", "load_experts", "load_expert_policy", "expert_key", "expert_pairs", "expert_record",
+    "experts_provenance",
     "dpo_config", "dpo_hyper", "DPO_RECIPE",
     "train_rl_policy", "training_prompts", "weighted_rewards", "scalarised_reward", "objective_reward", "rloo_config",
     "lora_config", "lora_key", "policy_fingerprint", "key_environment", "TRAINING_LIBRARIES", "TRAIN_INFO",
     "load_for_training", "train_and_save", "pairs_dataset", "data_hash", "truncate_prompts",
     "completion_positions_only", "checkpointing_kwarg", "silence_console", "quiet_datasets", "progress_callback",
-    "context_seed", "weights_label",
+    "context_seed", "weights_label", "PolicyPerPreference",
     "load_policy_with_adapters", "load_adapter", "resolve_device",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mobench.api import MobenchError, PreferencePair, RunContext
+from mobench.api import Method, MobenchError, Preference, PreferencePair, RunContext
 from mobench.options import Options, option
 
 # The libraries whose versions change what a trainer produces; part of every artifact key.
@@ -34,6 +34,12 @@ class LoraBudget(Options):
             raise MobenchError(f"lora_r must be a positive integer, not {self.lora_r!r}")
         if not 0 <= self.lora_dropout < 1:
             raise MobenchError(f"lora_dropout must be in [0, 1), not {self.lora_dropout!r}")
+
+    def require_at_least_one(self, trainer: str, names: Sequence[str]) -> None:
+        """A MobenchError naming the first of the integer fields ``names`` that is below 1."""
+        for name in names:
+            if getattr(self, name) < 1:
+                raise MobenchError(f"{trainer} {name} must be at least 1, not {getattr(self, name)!r}")
 
 
 def lora_config(budget: LoraBudget):
@@ -294,3 +300,40 @@ def quiet_datasets():
     finally:
         if bars:
             ds_logging.enable_progress_bar()
+
+
+class PolicyPerPreference(Method):
+    """Base class of a method that trains (or reuses) one LoRA policy per preference and decodes with it.
+
+    Subclasses implement :meth:`train_policy`; ``generate`` calls it per preference, decodes the prompts
+    with the policy plus that adapter (the task's generation settings) and remembers each folder in
+    ``policies`` (preference key -> folder), which ``provenance`` adds to the base provenance.
+    """
+
+    #: What the progress line calls the policy's decoding ("MORLHF", "MODPO"); defaults to the method's name.
+    label: str = ""
+
+    def __init__(self, options: Any = None):
+        super().__init__(options)
+        self.policies: dict[str, str] = {}
+
+    def train_policy(self, preference: Preference) -> Path:
+        """The adapter folder of the policy for ``preference`` (trained through the artifact cache)."""
+        raise NotImplementedError
+
+    def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
+        """Per preference: its policy (trained once), then the prompts decoded with it."""
+        from mobench.decoding import generate_with_adapter
+
+        task, context = self.prepared()
+        out = []
+        for preference in preferences:
+            path = self.train_policy(preference)
+            self.policies[preference.key] = str(path)
+            description = f"{self.label or self.name} generating w=({preference.key})"
+            out.append(generate_with_adapter(task.policy, path, prompts, task.generation, context, description))
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """The base provenance (method, options) plus each preference's policy folder."""
+        return {**super().provenance(), "policies": dict(self.policies)}

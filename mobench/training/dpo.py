@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from mobench.api import MobenchError, PreferencePair, RunContext
+from mobench.api import Method, MobenchError, Preference, PreferencePair, RunContext, TaskInstance
 from mobench.options import option
 from mobench.training.common import (
+    TRAIN_INFO,
     LoraBudget,
     checkpointing_kwarg,
     completion_positions_only,
@@ -29,10 +30,10 @@ from mobench.training.common import (
     progress_callback,
     quiet_datasets,
     resolve_device,
-    TRAIN_INFO,
     train_and_save,
     truncate_prompts,
 )
+
 
 @dataclass(frozen=True)
 class DpoBudget(LoraBudget):
@@ -59,9 +60,7 @@ class DpoBudget(LoraBudget):
 
     def check(self) -> None:
         super().check()
-        for name in ("steps", "batch_size", "max_length", "n_pairs", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise MobenchError(f"DPO {name} must be at least 1, not {getattr(self, name)!r}")
+        self.require_at_least_one("DPO", ("steps", "batch_size", "max_length", "n_pairs", "gradient_accumulation_steps"))
         if not self.beta > 0 or not self.learning_rate > 0:
             raise MobenchError("DPO beta and learning_rate must be positive")
 
@@ -189,6 +188,11 @@ def expert_record(path: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.exists() else {}
 
 
+def experts_provenance(experts: dict[str, Path]) -> dict[str, Any]:
+    """Per objective, the expert's folder and training record: what a method's provenance says about its experts."""
+    return {k: {"path": str(v), "train": expert_record(v)} for k, v in experts.items()}
+
+
 def load_expert_policy(policy: str, pairs: dict[str, list[PreferencePair]], budget: DpoBudget,
                        context: RunContext | None = None, objectives: Sequence[str] | None = None):
     """Train or reuse each objective's expert and load them as named adapters on one copy of the policy.
@@ -199,3 +203,32 @@ def load_expert_policy(policy: str, pairs: dict[str, list[PreferencePair]], budg
     experts = load_experts(policy, pairs, budget, context, objectives)
     model, tok = load_policy_with_adapters(policy, experts, resolve_device(context))
     return model, tok, experts
+
+
+class ExpertsMethod(Method):
+    """Base class of a method built on the per-objective DPO experts, loaded as adapters on one policy.
+
+    Its options must have ``experts`` (a :class:`DpoBudget`). ``prepare`` trains or reuses one expert per
+    objective of the task (in objective order) and sets ``model`` (a PeftModel, adapter names = objective
+    names), ``tokenizer`` and ``experts`` (objective -> adapter folder); ``check_preferences`` refuses a
+    preference without one weight per expert; ``provenance`` adds each expert's folder and training record.
+    """
+
+    experts: dict[str, Path]
+
+    def prepare(self, task: TaskInstance, context: RunContext) -> None:
+        """Keep task and context, then load (training what is missing) the experts on one copy of the policy."""
+        super().prepare(task, context)
+        self.model, self.tokenizer, self.experts = load_expert_policy(
+            task.policy, task.pairs, self.options.experts, context, task.objective_names
+        )
+
+    def check_preferences(self, preferences: Sequence[Preference]) -> None:
+        """A MobenchError unless every preference has one weight per expert."""
+        for p in preferences:
+            if len(p) != len(self.experts):
+                raise MobenchError(f"preference {p.key} has {len(p)} weights for {len(self.experts)} experts")
+
+    def provenance(self) -> dict[str, Any]:
+        """The base provenance (method, options) plus the experts' folders and training records."""
+        return {**super().provenance(), "experts": experts_provenance(getattr(self, "experts", {}))}

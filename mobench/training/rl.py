@@ -36,6 +36,7 @@ from mobench.training.common import (
     weights_label,
 )
 
+
 @dataclass(frozen=True)
 class RlBudget(LoraBudget):
     """How a LoRA policy is trained by RLOO on a weighted sum of z-scored rewards (MORLHF, MAGE's backbones)."""
@@ -62,9 +63,7 @@ class RlBudget(LoraBudget):
         super().check()
         if self.num_generations < 2 or self.batch_size % self.num_generations:
             raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {self.num_generations} and {self.batch_size}")
-        for name in ("steps", "max_new_tokens", "n_prompts", "max_prompt_chars"):
-            if getattr(self, name) < 1:
-                raise MobenchError(f"RL {name} must be at least 1, not {getattr(self, name)!r}")
+        self.require_at_least_one("RL", ("steps", "max_new_tokens", "n_prompts", "max_prompt_chars"))
 
 
 RL_KIND = "morlhf-policies"

@@ -11,12 +11,13 @@ of implicit margins, ``-o experts.steps=8``); a bare ``steps`` is ambiguous and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mobench import hookimpl
-from mobench.api import Method, MobenchError, Preference
+from mobench.api import MobenchError, Preference
 from mobench.options import Options, budget, option
-from mobench.training import DpoBudget
+from mobench.training import DpoBudget, PolicyPerPreference
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,13 @@ class ModpoOptions(Options):
     experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts that give implicit margins (margin=implicit)")
 
 
-class Modpo(Method):
+class Modpo(PolicyPerPreference):
     """Train (or reuse) one MODPO policy per preference, then generate with it."""
 
     Options = ModpoOptions
     name = "modpo"
+    label = "MODPO"
     batch_preferences = False
-
-    def __init__(self, options: ModpoOptions | None = None):
-        super().__init__(options)
-        self.policies: dict[str, str] = {}
 
     def prepare(self, task, context) -> None:
         from mobench.methods.modpo.trainer import MarginSource
@@ -49,24 +47,14 @@ class Modpo(Method):
         super().prepare(task, context)
         self.margins = MarginSource(task, context, self.options.margin, self.options.experts)
 
-    def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding import generate_with_adapter
+    def train_policy(self, preference: Preference) -> Path:
         from mobench.methods.modpo.trainer import train_modpo_policy
 
         task, context = self.prepared()
-        out = []
-        for preference in preferences:
-            path = train_modpo_policy(task, preference.weights, self.margins, self.options.train, context)
-            self.policies[preference.key] = str(path)
-            out.append(generate_with_adapter(task.policy, path, prompts, task.generation, context, f"MODPO generating w=({preference.key})"))
-        return out
+        return train_modpo_policy(task, preference.weights, self.margins, self.options.train, context)
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            **super().provenance(),
-            "trainer": "trl.DPOTrainer subclass (MODPO margin loss), LoRA",
-            "policies": dict(self.policies),
-        }
+        return {**super().provenance(), "trainer": "trl.DPOTrainer subclass (MODPO margin loss), LoRA"}
 
 
 @hookimpl
