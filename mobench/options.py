@@ -97,7 +97,11 @@ class Options:
             raise MobenchError(f"{owner} option {key!r} is ambiguous; say which: {', '.join(matches)}")
         names = sorted(set(known) | {k.rsplit('.', 1)[-1] for k in known})
         close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if close:
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        else:  # nothing close: name what there is, groups folded (a nested budget as `experts.*`)
+            groups = list(dict.fromkeys(k if "." not in k else k.split(".", 1)[0] + ".*" for k in known))
+            hint = f"; its options are {', '.join(groups)}" if groups else "; it has none"
         shown = key if len(key) <= 60 else key[:57] + "..."
         raise MobenchError(f"{owner} has no option {shown!r}{hint} (see `mobench options {owner}`)")
 

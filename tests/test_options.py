@@ -96,7 +96,7 @@ def test_an_option_changes_the_output_and_the_run_id_and_nothing_else(tmp_path):
 
 
 def test_unknown_option_is_refused_before_anything_is_written(tmp_path):
-    for bad, message in [("nonsense=1", "letters has no option 'nonsense' (see `mobench options letters`)"),
+    for bad, message in [("nonsense=1", "letters has no option 'nonsense'; its options are unit (see `mobench options letters`)"),
                          ("unti=5", "did you mean 'unit'"), ("unit=many", "must be an integer")]:
         proc = _run(tmp_path, "-o", bad)
         assert proc.returncode == 2 and message in " ".join(proc.stderr.split()), proc.stderr
