@@ -10,7 +10,7 @@ import pytest
 from mobench import calibration
 from mobench.api import MobenchError, RunContext
 from mobench.plugins import get_plugin_manager
-from mobench.tasks import chats, hh, summarize
+from mobench.tasks import chats, hh
 
 
 def _spec(task: str):
