@@ -147,3 +147,45 @@ def test_the_runner_seeds_random_from_seed_before_prepare(tmp_path):
 def test_register_commands_adds_a_working_command():
     proc = mobench("--plugins-dir", TOYDIR, "toy-hello", "--name", "mobench")
     assert proc.returncode == 0 and proc.stdout.strip() == "hello mobench"
+
+
+def test_a_mage_option_changes_only_mages_run_id():
+    from mobench.api import Normalisation, TaskInstance
+    from mobench.grid import simplex_grid
+    from mobench.plugins import get_plugin_manager
+    from mobench.runner import RunConfig, build_options, run_id
+
+    registry = get_plugin_manager().registry
+    task = TaskInstance(name="hh", scale="tiny", policy="p", objectives=[], prompts=["a"],
+                        normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,))
+    grid = simplex_grid(2, 3)
+
+    def rid(method, **overrides):
+        options = build_options(registry.method(method), "tiny", overrides)
+        return run_id(RunConfig(method=method, task="hh", options=overrides), grid, task, options), options
+
+    base_id, base = rid("mage")
+    alpha_id, alpha = rid("mage", alpha="2")
+    assert alpha.alpha == 2.0 and base.alpha == 1.0 and alpha_id != base_id
+    assert alpha.replace({"alpha": 1.0}) == base  # nothing else moved
+    # every other built-in's options, hence run id, is untouched by MAGE's knobs
+    for method in ("rewarded-soups", "logit-ensemble", "morlhf", "modpo"):
+        assert rid(method)[0] == rid(method)[0]
+        with pytest.raises(MobenchError, match="no option 'alpha'"):
+            rid(method, alpha="2")
+    # an ablation is MAGE with a fixed switch, so its options differ only there
+    assert rid("mage-implicit")[1].replace({"guidance": "both"}) == base
+
+
+def test_mobench_options_mage_lists_every_knob_and_refuses_nonsense(tmp_path):
+    from mobench.methods.mage import Mage
+
+    listed = json.loads(mobench("options", "mage", "--format", "json", check=True).stdout)["options"]
+    assert [row["key"] for row in listed] == Mage.Options.keys()
+    assert {"alpha", "top_k", "b", "k", "implicit_weight", "explicit_weight", "experts.beta", "value.steps"} <= {r["key"] for r in listed}
+    assert all(row["doc"] for row in listed)
+    proc = mobench("run", "--method", "mage", "--task", "hh", "--results", str(tmp_path), "-o", "nonsense=1")
+    assert proc.returncode == 2 and "mage has no option 'nonsense'; its options are guidance" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+    proc = mobench("run", "--method", "mage", "--task", "hh", "--results", str(tmp_path), "-o", "steps=3")
+    assert proc.returncode == 2 and "ambiguous; say which: experts.steps, backbones.steps, value.steps" in proc.stderr
