@@ -12,6 +12,9 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkabl
 
 SCALES = ("tiny", "paper")
 
+#: The rule for objective names (checked when a task loads): they appear in tables, file keys and plots.
+OBJECTIVE_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
+
 
 class MobenchError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits with code 2."""
@@ -168,6 +171,41 @@ class TaskInstance:
         self.reference_point = tuple(float(x) for x in self.reference_point)
         if self.chats and len(self.chats) != len(self.prompts):
             raise MobenchError(f"task {self.name!r}: {len(self.chats)} chats for {len(self.prompts)} prompts")
+
+    def validate(self) -> None:
+        """MobenchError (one line) unless the instance is coherent: objective names follow
+        :data:`OBJECTIVE_NAME` and are unique; there is a prompt; normalisation has one finite mean and a
+        finite, non-negative std for each objective and no other; the reference point has one finite
+        coordinate per objective. The runner calls it when the task loads, after the calibration is attached.
+        """
+        import re
+
+        names = [getattr(o, "name", None) for o in self.objectives]
+        if not names:
+            raise MobenchError(f"task {self.name!r} has no objectives")
+        for name in names:
+            if not isinstance(name, str) or not re.fullmatch(OBJECTIVE_NAME, name):
+                raise MobenchError(f"task {self.name!r}: objective name {str(name)[:60]!r} breaks the rule "
+                                   "(lower-case letters, digits, '-', '_' or '.', starting with a letter or digit, at most 64)")
+        if len(set(names)) != len(names):
+            raise MobenchError(f"task {self.name!r}: objective names repeat ({', '.join(names)})")
+        if getattr(self.objectives[0], "direction", None) is None or any(getattr(o, "direction", None) not in (1, -1) for o in self.objectives):
+            raise MobenchError(f"task {self.name!r}: every objective's direction must be +1 or -1")
+        if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
+            raise MobenchError(f"task {self.name!r} has no prompts, or a prompt that is not text")
+        if set(self.normalisation) != set(names):
+            extra, lacking = sorted(set(self.normalisation) - set(names)), sorted(set(names) - set(self.normalisation))
+            raise MobenchError(f"task {self.name!r}: normalisation does not match the objectives {names}"
+                               + (f" (missing {', '.join(lacking)})" if lacking else "")
+                               + (f" (unknown {', '.join(map(str, extra))})" if extra else ""))
+        for name in names:
+            norm = self.normalisation[name]
+            mean, std = getattr(norm, "mean", None), getattr(norm, "std", None)
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (mean, std)) or std < 0:
+                raise MobenchError(f"task {self.name!r}: normalisation of {name!r} needs a finite mean and a finite std >= 0, got {mean!r} and {std!r}")
+        if len(self.reference_point) != len(names) or not all(math.isfinite(x) for x in self.reference_point):
+            raise MobenchError(f"task {self.name!r}: the reference point {list(self.reference_point)} needs one finite "
+                               f"coordinate per objective ({len(names)}: {', '.join(names)})")
 
     @property
     def objective_names(self) -> list[str]:

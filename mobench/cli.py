@@ -1,8 +1,16 @@
-"""The command line: a thin layer over the library. User mistakes exit 2 with one line, never a traceback."""
+"""The command line: a thin layer over the library. User mistakes exit 2 with one line, never a traceback.
+
+Exit codes: 0 done; 2 a user error, a damaged or unwritable store (one line on stderr, ``error: ...``);
+1 an unexpected error in mobench or a plugin (one line; ``MOBENCH_DEBUG=1`` shows the traceback);
+130 interrupted (Ctrl-C or SIGTERM: the run's manifest says ``interrupted`` and the same command resumes).
+Text from users and plugins is never read as rich markup.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import warnings
@@ -13,6 +21,8 @@ import click
 from mobench.api import MobenchError
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+EXIT_INTERRUPTED = 130
 
 
 def _stderr():
@@ -37,7 +47,7 @@ class RichProgress:
         progress, log = self._progress, self._log
         started = time.perf_counter()
         if log:
-            progress.console.log(f"{description}: started" + (f" ({total})" if total is not None else ""))
+            progress.console.log(f"{description}: started" + (f" ({total})" if total is not None else ""), markup=False)
 
         class _Step:
             done = 0
@@ -50,7 +60,7 @@ class RichProgress:
                 progress.update(task_id, visible=False)
                 if log:
                     count = f"{self.done}/{total}" if total is not None else str(self.done)
-                    progress.console.log(f"{description}: {count} in {time.perf_counter() - started:.1f} s")
+                    progress.console.log(f"{description}: {count} in {time.perf_counter() - started:.1f} s", markup=False)
 
         return _Step()
 
@@ -90,16 +100,32 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
     from mobench.store import Store
 
     parsed = parse_option_items(options)
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("grid", "weights", "limit", "seed", "scale", "options")
+                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            shown = ", ".join("-o" if g == "--options" else g for g in given)
+            raise MobenchError(f"--resume continues a run with its own settings; drop {shown} (or start a new run without --resume)")
     config = RunConfig(method=method, task=task, scale=scale, grid=grid, weights=weights, limit=limit, seed=seed, options=parsed)
     console = _stderr()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
-        result = execute(config, _registry(ctx), Store(results), context, resume=resume, on_event=lambda m: console.log(m))
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # SIGTERM (a CI timeout, `kill`) ends a run like Ctrl-C: recorded as interrupted, exit 130.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
+            result = execute(config, _registry(ctx), Store(results), context, resume=resume,
+                             on_event=lambda m: console.log(m, markup=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(
         f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "
         f"{result.total} in the grid"
     )
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def parse_option_items(items) -> dict[str, str]:
@@ -230,6 +256,7 @@ def plot_cmd(ctx, task, results, scale, calibration, resamples, out):
     """Draw every method's grid points (95% CI bars) and Pareto front in one figure."""
     from mobench import report
 
+    out = report.check_plot_path(out)
     board = _entries(ctx, task, results, scale, calibration, resamples)
     _notes(board)
     click.echo(str(report.plot(board, out)))
@@ -244,8 +271,10 @@ def report_cmd(ctx, task, results, scale, calibration, resamples, out):
     """Write leaderboard.md, leaderboard.json and pareto.png together, for CI to publish."""
     from mobench import report
 
-    board = _entries(ctx, task, results, scale, calibration, resamples)
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise MobenchError(f"--out {folder} is a file; report writes a folder (leaderboard.md, leaderboard.json, pareto.png)")
+    board = _entries(ctx, task, results, scale, calibration, resamples)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "leaderboard.md").write_text(report.to_markdown(board))
     (folder / "leaderboard.json").write_text(report.to_json(board))
@@ -318,12 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     console = _stderr()
 
     def warn_line(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, CorruptLineWarning):
-            console.print(f"[yellow]warning:[/] {escape(str(message))}")
-        else:
-            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        # one line each: a corrupt row, a damaged manifest, a library's deprecation notice
+        text = " ".join(str(message).split())
+        if not issubclass(category, CorruptLineWarning):
+            text = f"{category.__name__}: {text}"
+        console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
 
     warnings.showwarning = warn_line
+    debug = os.environ.get("MOBENCH_DEBUG", "") not in ("", "0")
     try:
         pm = get_plugin_manager(plugins_dir=_plugins_dir_from(argv))
         for error in pm.registry.errors:
@@ -336,18 +367,33 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="mobench", obj={"pm": pm}, standalone_mode=False)
     except MobenchError as exc:
         # User and plugin text is never read as rich markup ("[/x]" in a path or a message).
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(_line(exc))}", soft_wrap=True)
         return EXIT_USER_ERROR
-    except click.exceptions.Abort:
-        console.print("[red]aborted[/]")
-        return 130
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[red]interrupted[/]: rows already written are kept and the run is marked interrupted; "
+                      "the same command resumes it", soft_wrap=True)
+        return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]; rows already written are kept")
-        return 130
+    except OSError as exc:
+        # an unwritable or vanished results folder, a full disk, a bad --out path
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[red]error:[/] {escape(_line(f'{where}{exc.strerror or exc}'))}", soft_wrap=True)
+        return EXIT_USER_ERROR
+    except Exception as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {escape(_line(f'unexpected {type(exc).__name__}: {exc}'))} "
+                      "(a bug in mobench or a plugin; MOBENCH_DEBUG=1 shows the traceback)", soft_wrap=True)
+        return EXIT_BUG
     return 0
+
+
+def _line(text, limit: int = 1000) -> str:
+    """One line of at most ``limit`` characters: an error message never floods the terminal."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def entry() -> None:

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 
 from mobench.api import MobenchError, Preference
+
+#: The most grid points a run may have: beyond it the grid, the store's rows and the leaderboard's
+#: per-point arrays stop fitting comfortably in memory (and the run would take days).
+MAX_GRID_POINTS = 20_000
+
+
+def grid_size(objectives: int, points_per_edge: int) -> int:
+    """C(n + m - 2, m - 1): the number of points of the simplex grid; MobenchError beyond MAX_GRID_POINTS."""
+    if objectives <= 1:
+        return 1
+    count = math.comb(points_per_edge + objectives - 2, objectives - 1)
+    if count > MAX_GRID_POINTS:
+        raise MobenchError(
+            f"--grid {points_per_edge} with {objectives} objectives makes {count:,} grid points, more than the "
+            f"{MAX_GRID_POINTS:,} a run may have; pass a smaller --grid"
+        )
+    return count
 
 
 def simplex_grid(objectives: int, points_per_edge: int) -> list[Preference]:
@@ -19,6 +37,7 @@ def simplex_grid(objectives: int, points_per_edge: int) -> list[Preference]:
         return [Preference((1.0,))]
     if points_per_edge < 2:
         raise MobenchError(f"--grid must be at least 2 points per edge, got {points_per_edge}")
+    grid_size(objectives, points_per_edge)
     steps = points_per_edge - 1
     out = []
     # Stars and bars: choose where the m-1 bars fall among steps + m - 1 slots.
@@ -37,14 +56,18 @@ def simplex_grid(objectives: int, points_per_edge: int) -> list[Preference]:
 def parse_weights(text: str, objectives: int) -> list[Preference]:
     """Parse ``"0.2,0.8;0.5,0.5"`` into preferences, checking count, sign and sum of each point."""
     points = []
-    for chunk in [c for c in text.replace(" ", "").split(";") if c]:
+    chunks = [c for c in text.replace(" ", "").split(";") if c]
+    if len(chunks) > MAX_GRID_POINTS:
+        raise MobenchError(f"--weights gives {len(chunks):,} points, more than the {MAX_GRID_POINTS:,} a run may have")
+    for chunk in chunks:
+        shown = chunk if len(chunk) <= 60 else chunk[:57] + "..."
         try:
             values = tuple(float(x) for x in chunk.split(","))
         except ValueError:
-            raise MobenchError(f"--weights point {chunk!r} is not a comma-separated list of numbers") from None
+            raise MobenchError(f"--weights point {shown!r} is not a comma-separated list of numbers") from None
         if len(values) != objectives:
             raise MobenchError(
-                f"--weights point {chunk!r} has {len(values)} weights but the task has {objectives} objectives"
+                f"--weights point {shown!r} has {len(values)} weights but the task has {objectives} objectives"
             )
         points.append(Preference(values))
     if not points:

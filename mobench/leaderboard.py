@@ -18,6 +18,14 @@ comes from a paired bootstrap over prompts:
 index draw shared by all) and the seed stage are what it cannot express, so the indices are drawn here
 with numpy and the statistics (pymoo HV, scipy ranks) are the library ones from :mod:`mobench.metrics`.
 
+Which runs are ranked: one line per method *and option set* (option variants side by side, labelled
+``method[key=value,...]`` from the run's ``-o``). In each, the newest complete run's settings, every
+complete seed run with those settings (the newest per seed); a method with no complete run is ranked on
+its newest unfinished run (partial, failed, interrupted or running) that has rows, with a note saying so
+and how many points it has. Runs without a row never hide one with rows, and a newer failed or partial
+run than the one ranked is named in a note. Damaged manifests and rows (wrong shapes or types) are left
+out with a one-line warning naming the file.
+
 Scales never mix: runs of several scales need ``scale``. Within a scale the runs normalised under the
 newest calibration (normalisation, directions and reference point) are ranked; runs under another
 calibration are left out with a note naming it, and ``calibration=ID`` selects them instead.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -50,6 +59,8 @@ from mobench.store import CorruptLineWarning, RunDir, Store
 RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+#: The most memory (bytes) the bootstrap arrays of one board may take before it is refused with one line.
+MAX_BOOTSTRAP_BYTES = 2 * 2**30
 
 Interval = tuple[float, float]
 
@@ -97,6 +108,11 @@ class Entry:
     rank: int = 0
     not_separable_from: list[int] = field(default_factory=list)  # ranks whose HV difference CI holds 0
     per_point: list[PointView] = field(default_factory=list)
+    label: str = ""  # the method, with its -o options when they are not the defaults: mage[alpha=2]
+    options: dict[str, Any] = field(default_factory=dict)  # the -o options of this line (text, as given)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.method
 
 
 @dataclass
@@ -196,10 +212,17 @@ def _directions(manifest: dict[str, Any], names: list[str]) -> list[int]:
 
 def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
     """A run's points and per-prompt z-scores from its rows and committed generations; None without rows."""
-    rows = run.rows()
+    names = list(manifest["objectives"])
+    rows = []
+    for row in run.rows():
+        problem = row_problem(row, names)
+        if problem:
+            warnings.warn(f"{run.rows_path}: damaged row {str(row.get('preference_key'))[:40]!r} ({problem}); skipped",
+                          CorruptLineWarning, stacklevel=2)
+            continue
+        rows.append(row)
     if not rows:
         return None
-    names = list(manifest["objectives"])
     directions = np.array(_directions(manifest, names), dtype=float)
     norm = [Normalisation(**manifest["normalisation"][n]) for n in names]
     means = np.array([x.mean for x in norm])
@@ -210,15 +233,14 @@ def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
 
     per_prompt = None
     n = manifest.get("n_prompts") or rows[0].get("n")
-    if n:
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         scores: dict[str, dict[int, list[float]]] = {k: {} for k in keys}
         for g in run.generations():
             where = scores.get(g.get("preference_key"))
             if where is not None and isinstance(g.get("prompt_index"), int) and isinstance(g.get("scores"), dict):
-                try:
-                    where.setdefault(g["prompt_index"], [float(g["scores"][name]) for name in names])
-                except (KeyError, TypeError, ValueError):
-                    continue
+                values = [g["scores"].get(name) for name in names]
+                if all(_number(v) for v in values):
+                    where.setdefault(g["prompt_index"], [float(v) for v in values])
         if all(sorted(scores[k]) == list(range(n)) for k in keys):
             values = np.array([[scores[k][j] for j in range(n)] for k in keys], dtype=float)  # (P, N, m)
             per_prompt = directions * (values - means) / stds
@@ -229,60 +251,164 @@ def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
     return _Run(run=run, manifest=manifest, keys=keys, weights=weights, raw=raw, z=z, per_prompt=per_prompt)
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why a manifest cannot be ranked (wrong shape or types), or None when it can."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key in ("run_id", "method", "scale"):
+        if not isinstance(manifest.get(key), str) or not manifest.get(key):
+            return f"no {key}"
+    names = manifest.get("objectives")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "no list of objective names"
+    directions = manifest.get("directions")
+    if not isinstance(directions, dict) or any(directions.get(n) not in (1, -1) for n in names):
+        return "no direction (+1 or -1) for every objective"
+    norm = manifest.get("normalisation")
+    if not isinstance(norm, dict) or any(
+            not isinstance(norm.get(n), dict) or not _number(norm[n].get("mean")) or not _number(norm[n].get("std"))
+            for n in names):
+        return "no finite normalisation mean and std for every objective"
+    ref = manifest.get("reference_point")
+    if not isinstance(ref, list) or len(ref) != len(names) or not all(_number(x) for x in ref):
+        return "no finite reference point with one coordinate per objective"
+    grid = manifest.get("grid")
+    if not isinstance(grid, list) or not all(isinstance(w, list) and len(w) == len(names) and all(_number(x) for x in w) for w in grid):
+        return "no grid of weights with one per objective"
+    n = manifest.get("n_prompts")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        return "n_prompts is not a count"
+    if not isinstance(manifest.get("config", {}), dict):
+        return "config is not an object"
+    return None
+
+
+def row_problem(row: dict[str, Any], names: list[str]) -> str | None:
+    """Why a row cannot be ranked (wrong shape or types), or None when it can."""
+    if not isinstance(row.get("preference_key"), str):
+        return "no preference key"
+    w = row.get("weights")
+    if not isinstance(w, list) or len(w) != len(names) or not all(_number(x) for x in w):
+        return "weights are not one finite number per objective"
+    for part in ("mean", "normalised"):
+        values = row.get(part)
+        if not isinstance(values, dict) or not all(_number(values.get(n)) for n in names):
+            return f"{part} is not a finite number per objective"
+    return None
+
+
 def _read_manifests(store: Store, task: str) -> list[tuple[RunDir, dict[str, Any]]]:
+    """Every run of ``task`` whose manifest can be ranked; the others are warned about (one line each) and left out."""
     out = []
     for run in store.runs(task):
         try:
-            out.append((run, run.read_manifest()))
+            manifest = run.read_manifest()
         except MobenchError as exc:
-            warnings.warn(str(exc), CorruptLineWarning, stacklevel=3)
+            warnings.warn(f"{exc}; run left out", CorruptLineWarning, stacklevel=3)
+            continue
+        problem = manifest_problem(manifest)
+        if problem:
+            warnings.warn(f"{run.manifest_path}: damaged manifest ({problem}); run left out", CorruptLineWarning, stacklevel=3)
+            continue
+        out.append((run, manifest))
     return out
 
 
+def _has_rows(run: RunDir) -> bool:
+    try:
+        return os.path.getsize(run.rows_path) > 0
+    except OSError:
+        return False
+
+
+def option_label(method: str, options: Any) -> str:
+    """``method`` alone, or ``method[key=value,...]`` for a run made with ``-o`` options."""
+    if not isinstance(options, dict) or not options:
+        return method
+    return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def _group_key(method: str, manifest: dict[str, Any]) -> str:
+    """One leaderboard line per method and option set (the resolved options, else the -o text)."""
+    options = manifest.get("method_options")
+    if options is None:
+        options = manifest.get("config", {}).get("options") or {}
+    return json.dumps([method, options], sort_keys=True, default=str)
+
+
+def _reason(manifest: dict[str, Any]) -> str:
+    status = str(manifest.get("status", "unknown"))
+    reason = manifest.get("reason")
+    return f"{status} ({' '.join(str(reason).split())[:200]})" if reason else status
+
+
 def _select(store: Store, task: str, scale: str | None, calibration: str | None) -> tuple[str, str, list[list[tuple[RunDir, dict]]], list[str]]:
-    """The runs to rank: (scale, calibration id, one list of seed runs per method, notes)."""
+    """The runs to rank: (scale, calibration id, one list of seed runs per method and option set, notes)."""
     manifests = _read_manifests(store, task)
     where = f" in {store.root}"
     if scale:
         manifests = [(r, m) for r, m in manifests if m.get("scale") == scale]
     if not manifests:
         raise MobenchError(f"no runs of task {task!r}{f' at scale {scale!r}' if scale else ''}{where}")
+    notes = []
+    # Runs without a single row say nothing about a method: they never decide scale, calibration or
+    # line, but a failed one is named so that no failure goes unseen.
+    empty = [(r, m) for r, m in manifests if not _has_rows(r)]
+    manifests = [(r, m) for r, m in manifests if _has_rows(r)]
+    for r, m in sorted(empty, key=lambda rm: rm[0].path.as_posix()):
+        if m.get("status") != "running":
+            notes.append(f"{option_label(m['method'], m.get('config', {}).get('options'))} run {r.run_id} has no grid point: {_reason(m)}")
+    if not manifests:
+        raise MobenchError(f"no runs of task {task!r}{f' at scale {scale!r}' if scale else ''} with any grid point{where}"
+                           + (f" ({len(empty)} run(s) without one: {'; '.join(notes)})" if notes else ""))
     scales = sorted({str(m.get("scale")) for _, m in manifests})
     if len(scales) > 1:
         counts = ", ".join(f"{s} ({sum(1 for _, m in manifests if str(m.get('scale')) == s)} runs)" for s in scales)
         raise MobenchError(f"runs of task {task!r} at several scales: {counts}; pass --scale {scales[0]} (scales never mix on one leaderboard)")
     chosen_scale = scales[0]
     ids = {calibration_id(m) for _, m in manifests}
-    notes = []
     if calibration:
         matching = sorted(i for i in ids if i.startswith(calibration))
         if len(matching) != 1:
             raise MobenchError(f"--calibration {calibration!r} matches {len(matching)} of the calibrations of {task!r} at scale {chosen_scale!r} ({', '.join(sorted(ids))})")
         chosen = matching[0]
     else:
-        chosen = calibration_id(max(manifests, key=lambda rm: _stamp(rm[1]))[1])
+        complete = [(r, m) for r, m in manifests if m.get("status") == "complete"] or manifests
+        chosen = calibration_id(max(complete, key=lambda rm: _stamp(rm[1]))[1])
     for other in sorted(ids - {chosen}):
         n = sum(1 for _, m in manifests if calibration_id(m) == other)
         notes.append(f"{n} run(s) under another calibration ({other}) left out; pass --calibration {other} to rank them")
     manifests = [(r, m) for r, m in manifests if calibration_id(m) == chosen]
 
-    by_method: dict[str, list[tuple[RunDir, dict]]] = {}
+    by_line: dict[str, list[tuple[RunDir, dict]]] = {}
     for run, m in manifests:
-        by_method.setdefault(m.get("method", run.path.parent.name), []).append((run, m))
+        by_line.setdefault(_group_key(m.get("method", run.path.parent.name), m), []).append((run, m))
     groups = []
-    for method in sorted(by_method):
-        runs = sorted(by_method[method], key=lambda rm: _stamp(rm[1]), reverse=True)
-        settings = _settings(runs[0][1])  # the newest run's settings; its other seeds join it
+    for key in sorted(by_line):
+        runs = sorted(by_line[key], key=lambda rm: _stamp(rm[1]), reverse=True)
+        label = option_label(runs[0][1]["method"], runs[0][1].get("config", {}).get("options"))
+        complete = [(r, m) for r, m in runs if m.get("status") == "complete"]
+        pool = complete or runs
+        settings = _settings(pool[0][1])  # the newest (complete) run's settings; its other seeds join it
         per_seed: dict[Any, tuple[RunDir, dict]] = {}
-        for run, m in runs:
-            if _settings(m) != settings:
-                continue
-            seed = m.get("seed")
-            kept = per_seed.get(seed)
-            # newest complete run per seed; a partial one only while no complete run of that seed exists
-            if kept is None or (kept[1].get("status") != "complete" and m.get("status") == "complete"):
-                per_seed[seed] = (run, m)
-        groups.append(sorted(per_seed.values(), key=lambda rm: _stamp(rm[1]), reverse=True))
+        for run, m in pool:
+            if _settings(m) == settings:
+                per_seed.setdefault(m.get("seed"), (run, m))  # the newest per seed
+        chosen_runs = sorted(per_seed.values(), key=lambda rm: _stamp(rm[1]), reverse=True)
+        if not complete:
+            newest = chosen_runs[0]
+            notes.append(f"{label} has no complete run: ranked on its newest run {newest[0].run_id}, "
+                         f"{_reason(newest[1])}, with {len(newest[0].rows())} of {len(newest[1]['grid'])} grid points")
+        else:
+            ranked_stamp = _stamp(chosen_runs[0][1])
+            for run, m in runs:
+                if m.get("status") != "complete" and _stamp(m) > ranked_stamp and m.get("status") != "running":
+                    notes.append(f"{label}: a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked")
+        groups.append((label, chosen_runs))
     return chosen_scale, chosen, groups, notes
 
 
@@ -313,8 +439,8 @@ def _seed_draws(method: str, k: int, resamples: int, seed: int) -> np.ndarray:
     return rng.integers(0, k, size=(resamples, k))
 
 
-def _entry(runs: list[_Run], resamples: int, seed: int, confidence: float) -> tuple[Entry, np.ndarray | None]:
-    """One method's seed runs (newest first) as its leaderboard line, with its bootstrap HV replicates."""
+def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: float) -> tuple[Entry, np.ndarray | None]:
+    """One method's (and option set's) seed runs, newest first, as its leaderboard line, with its bootstrap HV replicates."""
     newest = runs[0]
     manifest = newest.manifest
     names = list(manifest["objectives"])
@@ -334,7 +460,7 @@ def _entry(runs: list[_Run], resamples: int, seed: int, confidence: float) -> tu
 
     hv_boot = spearman_boot = z_boot = None
     if all(r.boot_hv is not None for r in runs):
-        draws = _seed_draws(newest.manifest["method"], len(runs), resamples, seed)  # (B, k)
+        draws = _seed_draws(label, len(runs), resamples, seed)  # (B, k)
         rows = np.arange(resamples)[:, None]
         hv_boot = np.stack([r.boot_hv for r in runs], axis=1)[rows, draws].mean(axis=1)
         with warnings.catch_warnings():
@@ -365,6 +491,8 @@ def _entry(runs: list[_Run], resamples: int, seed: int, confidence: float) -> tu
         for r in runs
     ]))
     return Entry(
+        label=label,
+        options=dict(manifest.get("config", {}).get("options") or {}),
         method=manifest["method"],
         run_id=manifest["run_id"],
         scale=manifest["scale"],
@@ -405,9 +533,19 @@ def build(
     """The leaderboard of ``task``: methods ranked by hypervolume, with paired-bootstrap CIs and comparisons."""
     if resamples < 1:
         raise MobenchError(f"--resamples must be at least 1, got {resamples}")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # numpy and scipy warn about constant or empty inputs (a Spearman of a flat front): those cases give
+        # NaN, shown as n/a or null, and the warnings would be stray lines on stderr
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _build(store, task, scale, calibration, resamples, seed, confidence)
+
+
+def _build(store: Store, task: str, scale: str | None, calibration: str | None, resamples: int, seed: int,
+           confidence: float) -> Board:
     chosen_scale, cal, groups, notes = _select(store, task, scale, calibration)
-    loaded = [[r for run, m in group if (r := load_run(run, m)) is not None] for group in groups]
-    loaded = [group for group in loaded if group]
+    labelled = [(label, [r for run, m in group if (r := load_run(run, m)) is not None]) for label, group in groups]
+    labelled = [(label, group) for label, group in labelled if group]
+    loaded = [group for _, group in labelled]
     if not loaded:
         raise MobenchError(f"no runs of task {task!r} with any grid point at scale {chosen_scale!r} in {store.root}")
     every = [r for group in loaded for r in group]
@@ -417,6 +555,13 @@ def build(
 
     # One draw of prompt indices for every run on the task: the pairing.
     bootable = [r for r in every if r.per_prompt is not None]
+    points = sum(len(r.keys) for r in every)
+    need = 8 * max(resamples * points * len(names), max((r.per_prompt.size for r in bootable), default=0))
+    if len(names) > 2:
+        need = max(need, 8 * max(len(r.keys) for r in every) ** 2 * len(names))  # the grid-step search of controllability
+    if need > MAX_BOOTSTRAP_BYTES:
+        raise MobenchError(f"the leaderboard of {task!r} would need about {need / 2**30:.1f} GiB ({points:,} grid points, "
+                           f"{resamples} resamples, {len(names)} objectives); pass a smaller --resamples or rank smaller grids")
     if bootable:
         n = bootable[0].per_prompt.shape[1]
         counts = resample_counts(n, resamples, np.random.default_rng(seed)).astype(float) / n  # (B, N)
@@ -424,14 +569,14 @@ def build(
             r.boot_z = np.einsum("bn,pnm->bpm", counts, r.per_prompt)
             r.boot_hv = hypervolume_batch(r.boot_z, r.manifest["reference_point"])
             r.boot_spearman = spearman_batch(r.weights, r.boot_z)
-        missing = sorted({r.manifest["method"] for r in every if r.per_prompt is None})
+        missing = sorted({label for label, group in labelled for r in group if r.per_prompt is None})
         if missing:
             notes.append(f"no complete per-prompt scores for {', '.join(missing)}: no intervals for them")
     else:
         notes.append("no run has complete per-prompt scores: no intervals")
 
-    built = [_entry(group, resamples, seed, confidence) for group in loaded]
-    built.sort(key=lambda eb: (-eb[0].hypervolume, eb[0].method))
+    built = [_entry(label, group, resamples, seed, confidence) for label, group in labelled]
+    built.sort(key=lambda eb: (-eb[0].hypervolume, eb[0].label))
     entries = [e for e, _ in built]
     for rank, e in enumerate(entries, start=1):
         e.rank = rank
@@ -441,7 +586,7 @@ def build(
             (a, boot_a), (b, boot_b) = built[i], built[j]
             ci = None if boot_a is None or boot_b is None else _interval(boot_a - boot_b, confidence)
             separable = None if ci is None else not (ci[0] <= 0.0 <= ci[1])
-            comparisons.append(Comparison(a.method, b.method, a.rank, b.rank, a.hypervolume - b.hypervolume, ci, separable))
+            comparisons.append(Comparison(a.label, b.label, a.rank, b.rank, a.hypervolume - b.hypervolume, ci, separable))
             if separable is False:
                 a.not_separable_from.append(b.rank)
                 b.not_separable_from.append(a.rank)

@@ -13,7 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mobench.api import MobenchError
 from mobench.leaderboard import Board, Entry
+from mobench.store import strict as _strict
+
+#: What ``plot --out`` may end with (what matplotlib's Agg backend writes).
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 _ONE_METHOD = "only one method has runs on this board: nothing to compare"
 _RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "wall s",
@@ -33,8 +38,9 @@ def _with_ci(value: float | None, ci, digits: int = 3, ci_digits: int | None = N
 
 
 def _ends_text(entry: Entry) -> list[str]:
+    """The raw scores at each objective's corner (w_i = 1), one cell per objective."""
     out = []
-    for corner in (entry.objectives[0], entry.objectives[-1]):
+    for corner in entry.objectives:
         scores = entry.ends.get(f"w={corner}")
         out.append("-" if scores is None else " / ".join(_fmt(scores[n], 2) for n in entry.objectives))
     return out
@@ -45,17 +51,17 @@ def _headers(board: Board) -> list[str]:
     joined = "/".join(names)
     return [
         "rank", "method", "hypervolume [95% CI]", "≈ ranks", "front", "spearman [95% CI]", "monotone",
-        f"{joined} at w={names[0]}", f"{joined} at w={names[-1]}", "points", "seeds", "wall s", "run",
+        *[f"{joined} at w={n}" for n in names], "points", "seeds", "wall s", "run",
     ]
 
 
 def _cells(e: Entry) -> list[str]:
-    first, last = _ends_text(e)
+    points = f"{e.points}/{e.grid_size}" + ("" if e.status == "complete" else f" ({e.status})")
     return [
-        str(e.rank), e.method, _with_ci(e.hypervolume, e.hypervolume_ci, 4, 3),
+        str(e.rank), e.label, _with_ci(e.hypervolume, e.hypervolume_ci, 4, 3),
         ", ".join(map(str, e.not_separable_from)) or "-", f"{e.front_size}/{e.points}",
-        _with_ci(e.spearman, e.spearman_ci, 2), _fmt(e.monotone, 2), first, last,
-        f"{e.points}/{e.grid_size}", str(e.n_seeds), f"{e.wall_seconds:.0f}", e.run_id,
+        _with_ci(e.spearman, e.spearman_ci, 2), _fmt(e.monotone, 2), *_ends_text(e),
+        points, str(e.n_seeds), f"{e.wall_seconds:.0f}", e.run_id,
     ]
 
 
@@ -63,10 +69,18 @@ def _title(board: Board, what: str = "leaderboard") -> str:
     return f"mobench {what}: {board.task} ({board.scale}, calibration {board.calibration})"
 
 
+def md_escape(text: Any) -> str:
+    """Markdown from any text (a table cell, a note): one line, pipes escaped, HTML shown as text, never run."""
+    out = " ".join(str(text).split())
+    for char, repl in (("\\", "\\\\"), ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|")):
+        out = out.replace(char, repl)
+    return out
+
+
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |",
+    lines = ["| " + " | ".join(md_escape(h) for h in headers) + " |",
              "|" + "|".join("---:" if h in _RIGHT or h.startswith("z ") else "---" for h in headers) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for cells in rows]
     return lines
 
 
@@ -90,7 +104,7 @@ def points_rows(board: Board) -> tuple[list[str], list[list[str]]]:
     for e in board.entries:
         for p in e.per_point:
             rows.append([
-                e.method, ", ".join(f"{w:.2f}" for w in p.weights),
+                e.label, ", ".join(f"{w:.2f}" for w in p.weights),
                 *[_with_ci(p.z[n], p.z_ci[n], 2) for n in board.objectives],
                 "yes" if p.inside_box else "no", "yes" if p.on_front else "no",
             ])
@@ -110,16 +124,16 @@ def comparison_rows(board: Board) -> tuple[list[str], list[list[str]]]:
 
 def to_markdown(board: Board, per_point: bool = True, comparisons: bool = True) -> str:
     """GitHub-flavoured Markdown (a CI job summary): the leaderboard, then the comparisons and per-point view."""
-    lines = [f"### {_title(board)}", ""]
+    lines = [f"### {md_escape(_title(board))}", ""]
     lines += _md_table(_headers(board), [_cells(e) for e in board.entries])
     lines += ["", _legend(board)]
     for note in board.notes:
-        lines += ["", f"Note: {note}."]
+        lines += ["", f"Note: {md_escape(note)}."]
     if comparisons and board.comparisons:
-        lines += ["", f"#### Pairwise hypervolume differences ({board.task}, {board.scale})", ""]
+        lines += ["", f"#### Pairwise hypervolume differences ({md_escape(board.task)}, {board.scale})", ""]
         lines += _md_table(*comparison_rows(board))
     if per_point:
-        lines += ["", f"#### Per grid point ({board.task}, {board.scale})", ""]
+        lines += ["", f"#### Per grid point ({md_escape(board.task)}, {board.scale})", ""]
         lines += _md_table(*points_rows(board))
         lines += ["", f"inside box = beats the reference point {board.reference_point} on every objective (only "
                   "such points add hypervolume); on front = not dominated by another point of the same method."]
@@ -128,29 +142,16 @@ def to_markdown(board: Board, per_point: bool = True, comparisons: bool = True) 
 
 def compare_markdown(board: Board) -> str:
     """The pairwise difference table alone, in Markdown."""
-    lines = [f"### {_title(board, 'compare')}", ""]
+    lines = [f"### {md_escape(_title(board, 'compare'))}", ""]
     if not board.comparisons:
-        return "\n".join([*lines, _ONE_METHOD, *[f"\nNote: {note}." for note in board.notes]]) + "\n"
+        return "\n".join([*lines, _ONE_METHOD, *[f"\nNote: {md_escape(note)}." for note in board.notes]]) + "\n"
     lines += _md_table(*comparison_rows(board))
     lines += ["", f"HV difference = HV(method a) - HV(method b); {board.confidence:.0%} percentile interval of a paired "
               f"bootstrap over the same {board.n_prompts} prompts ({board.resamples} resamples, seed "
               f"{board.bootstrap_seed}); separable = the interval excludes 0."]
     for note in board.notes:
-        lines += ["", f"Note: {note}."]
+        lines += ["", f"Note: {md_escape(note)}."]
     return "\n".join(lines) + "\n"
-
-
-def _strict(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null, tuples lists, numpy scalars Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def board_dict(board: Board) -> dict[str, Any]:
@@ -201,41 +202,88 @@ def print_compare(board: Board, console) -> None:
         console.print(f"note: {note}", markup=False)
 
 
+def check_plot_path(out: str | Path) -> Path:
+    """The figure's path, checked before any work: a file name ending in a format matplotlib writes."""
+    out = Path(out)
+    if out.is_dir():
+        raise MobenchError(f"--out {out} is a folder; give the figure's file name, like {out / 'pareto.png'}")
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        shown = f"'.{suffix}'" if suffix else "no extension"
+        raise MobenchError(f"--out {out} has {shown}; the figure is written as {', '.join('.' + f for f in PLOT_FORMATS)}")
+    return out
+
+
+def _plain(text: Any) -> str:
+    """Text for matplotlib drawn as it is: '$' would start mathtext (and crash on an unbalanced one)."""
+    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def _draw_pair(ax, board: Board, i: int, j: int, legend: bool) -> None:
+    """Objective i against objective j: every method's points with CI bars and its front in that plane."""
+    names = board.objectives
+    xname, yname = names[i], names[j]
+    for e in board.entries:
+        xs = [p.z[xname] for p in e.per_point]
+        ys = [p.z[yname] for p in e.per_point]
+        ci = _with_ci(e.hypervolume, e.hypervolume_ci, 3)
+        line = ax.scatter(xs, ys, s=28, alpha=0.75, label=_plain(f"{e.label} (HV {ci})"), zorder=3)
+        color = line.get_facecolor()[0]
+        if xs and all(p.z_ci[xname] and p.z_ci[yname] for p in e.per_point):
+            xerr = [[max(0.0, x - p.z_ci[xname][0]) for x, p in zip(xs, e.per_point)], [max(0.0, p.z_ci[xname][1] - x) for x, p in zip(xs, e.per_point)]]
+            yerr = [[max(0.0, y - p.z_ci[yname][0]) for y, p in zip(ys, e.per_point)], [max(0.0, p.z_ci[yname][1] - y) for y, p in zip(ys, e.per_point)]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.4, lw=0.8)
+        if len(names) == 2:
+            front = sorted((e.normalised[k][i], e.normalised[k][j]) for k in e.front)
+            if len(front) > 1:
+                ax.plot([p[0] for p in front], [p[1] for p in front], color=color, lw=1.4)
+    ref = board.reference_point
+    ax.scatter([ref[i]], [ref[j]], marker="x", color="black", label="reference point", zorder=4)
+    ax.axvline(ref[i], color="black", lw=0.6, ls=":")
+    ax.axhline(ref[j], color="black", lw=0.6, ls=":")
+    ax.set_xlabel(_plain(f"{xname} (z, higher is better)"))
+    ax.set_ylabel(_plain(f"{yname} (z, higher is better)"))
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+
+
 def plot(board: Board, out: str | Path) -> Path:
-    """Every method's grid points (with 95% CI bars) and Pareto front in one figure (first and last objectives)."""
+    """Every method's grid points (with 95% CI bars) and Pareto front in one figure.
+
+    Two objectives: one plane. More: a scatter matrix, one panel per pair of objectives (objective i
+    against objective j below the diagonal), so no objective goes unplotted.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
+    out = check_plot_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = board.objectives
-    first, last = names[0], names[-1]
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
-    for e in board.entries:
-        xs = [p.z[first] for p in e.per_point]
-        ys = [p.z[last] for p in e.per_point]
-        ci = _with_ci(e.hypervolume, e.hypervolume_ci, 3)
-        line = ax.scatter(xs, ys, s=28, alpha=0.75, label=f"{e.method} (HV {ci})", zorder=3)
-        color = line.get_facecolor()[0]
-        if all(p.z_ci[first] and p.z_ci[last] for p in e.per_point):
-            xerr = [[x - p.z_ci[first][0] for x, p in zip(xs, e.per_point)], [p.z_ci[first][1] - x for x, p in zip(xs, e.per_point)]]
-            yerr = [[y - p.z_ci[last][0] for y, p in zip(ys, e.per_point)], [p.z_ci[last][1] - y for y, p in zip(ys, e.per_point)]]
-            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.4, lw=0.8)
-        front = sorted((e.normalised[i][0], e.normalised[i][-1]) for i in e.front)
-        if len(front) > 1:
-            ax.plot([p[0] for p in front], [p[1] for p in front], color=color, lw=1.4)
-    ref = board.reference_point
-    ax.scatter([ref[0]], [ref[-1]], marker="x", color="black", label="reference point", zorder=4)
-    ax.axvline(ref[0], color="black", lw=0.6, ls=":")
-    ax.axhline(ref[-1], color="black", lw=0.6, ls=":")
-    ax.set_xlabel(f"{first} (z, higher is better)")
-    ax.set_ylabel(f"{last} (z, higher is better)")
-    ax.set_title(f"mobench: {board.task} ({board.scale}); bars: {board.confidence:.0%} CI")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    m = len(board.objectives)
+    title = _plain(f"mobench: {board.task} ({board.scale}); bars: {board.confidence:.0%} CI")
+    if m <= 2:
+        fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+        _draw_pair(ax, board, 0, m - 1, legend=True)
+        ax.set_title(title)
+    else:
+        size = 3.2 * (m - 1)
+        fig, axes = plt.subplots(m - 1, m - 1, figsize=(size, size), dpi=100, squeeze=False)
+        for row in range(m - 1):
+            for col in range(m - 1):
+                ax = axes[row][col]
+                i, j = col, row + 1  # x: objective col, y: objective row + 1 (lower triangle)
+                if i >= j:
+                    ax.axis("off")
+                    continue
+                _draw_pair(ax, board, i, j, legend=False)
+        handles, labels = axes[-1][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="upper right")
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
     return out

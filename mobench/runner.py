@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import resource
 import sys
 import time
@@ -14,13 +16,16 @@ from typing import Any, Callable
 
 from mobench.api import SCALES, MethodSpec, MobenchError, Preference, RunContext, TaskInstance, prompts_sha256
 from mobench.calibration import attach as attach_calibration
-from mobench.grid import parse_weights, simplex_grid
+from mobench.grid import grid_size, parse_weights, simplex_grid
 from mobench.metrics import mean_stderr
 from mobench.options import Options, options_class
 from mobench.plugins import Registry
 from mobench.toolkit import seed_everything
 from mobench.provenance import git_revision, machine, versions
-from mobench.store import RunDir, Store
+from mobench.store import RunDir, Store, _one_line
+
+#: What a --resume value may be: a run id (a folder name of this results store), never a path.
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -124,9 +129,16 @@ def _reset_cuda_peak() -> None:
 
 def resolve_preferences(config: RunConfig, objectives: int, default_grid: int) -> list[Preference]:
     """The grid of this run: explicit ``--weights`` points, else ``--grid N``, else the task's default."""
-    if config.weights:
+    if config.weights is not None:
         return parse_weights(config.weights, objectives)
     return simplex_grid(objectives, config.grid or default_grid)
+
+
+def check_resume_id(resume: str) -> None:
+    """A --resume value is a run id of this results folder: a plain folder name, never a path."""
+    if not _RUN_ID.match(resume) or resume in (".", ".."):
+        shown = _one_line(resume, 80)
+        raise MobenchError(f"--resume takes a run id of this results folder (like tiny-s0-1a2b3c4d), not {shown!r}")
 
 
 def validate(config: RunConfig, registry: Registry) -> Options | None:
@@ -135,22 +147,45 @@ def validate(config: RunConfig, registry: Registry) -> Options | None:
         raise MobenchError(f"unknown scale {config.scale!r}; choose one of {', '.join(SCALES)}")
     options = build_options(registry.method(config.method), config.scale, config.options)
     task_spec = registry.task(config.task)
-    if config.weights:
+    if config.weights is not None and config.grid is not None:
+        raise MobenchError("--grid and --weights contradict each other: --weights gives the grid points itself; pass one of them")
+    if config.weights is not None:
         parse_weights(config.weights, len(task_spec.objectives))
-    if config.grid is not None and config.grid < 2:
-        raise MobenchError(f"--grid must be at least 2 points per edge, got {config.grid}")
+    if config.grid is not None:
+        if config.grid < 2:
+            raise MobenchError(f"--grid must be at least 2 points per edge, got {config.grid}")
+        grid_size(len(task_spec.objectives), config.grid)  # refuses a grid too large to hold
     if config.limit is not None and config.limit < 1:
         raise MobenchError(f"--limit must be at least 1, got {config.limit}")
+    if config.seed < 0 or config.seed >= 2**32:
+        raise MobenchError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}")
     return options
+
+
+def check_task(task: TaskInstance, declared: tuple[str, ...], registry: Registry) -> None:
+    """A loaded (and calibrated) task instance must be coherent before any run uses it."""
+    if tuple(task.objective_names) != tuple(declared):
+        raise MobenchError(f"task {task.name!r} declared objectives {list(declared)} but loaded {task.objective_names}")
+    task.validate()
+    for objective in task.objectives:
+        known = registry.objectives.get(objective.name)
+        if known is not None and known.direction != objective.direction:
+            raise MobenchError(f"task {task.name!r}: objective {objective.name!r} has direction {objective.direction:+d}, registered {known.direction:+d}")
 
 
 def score_point(task: TaskInstance, prompts: list[str], responses: list[str]) -> tuple[dict, dict, dict, list[dict]]:
     """Score one grid point's responses with every objective: means, standard errors, z-scores, per-item."""
     per_objective = {}
     for objective in task.objectives:
-        values = [float(v) for v in objective.score(prompts, responses)]
+        try:
+            values = [float(v) for v in objective.score(prompts, responses)]
+        except (TypeError, ValueError) as err:
+            raise MobenchError(f"objective {objective.name!r} returned a score that is not a number ({_one_line(err, 120)})") from None
         if len(values) != len(responses):
             raise MobenchError(f"objective {objective.name!r} returned {len(values)} scores for {len(responses)} responses")
+        bad = next((j for j, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise MobenchError(f"objective {objective.name!r} returned a non-finite score ({values[bad]}) for prompt {bad}")
         per_objective[objective.name] = values
     means, stderrs, normalised = {}, {}, {}
     for objective in task.objectives:
@@ -172,39 +207,54 @@ def execute(
     """Run ``config`` into ``store``: load the task, prepare the method, fill the missing grid points."""
     say = on_event or (lambda message: None)
     validate(config, registry)
-    store.ensure()
+    if resume is not None:
+        check_resume_id(resume)
+    store.ensure(create=False)  # checks only: nothing is written before the task has loaded
     context.registry = registry
     method_spec = registry.method(config.method)
     task_spec = registry.task(config.task)
 
     saved_grid = None
-    if resume:
+    if resume is not None:
         # --resume takes the settings and grid the run was started with.
         resumed = store.run(config.task, config.method, resume)
         if not resumed.manifest_path.exists():
             raise MobenchError(f"no run {resume!r} of {config.method} on {config.task} in {store.root}")
         saved = resumed.read_manifest()
-        config = RunConfig(**{k: v for k, v in saved.get("config", {}).items() if k in asdict(config)})
-        saved_grid = [Preference(tuple(w)) for w in saved["grid"]]
+        try:
+            config = RunConfig(**{k: v for k, v in saved.get("config", {}).items() if k in asdict(config)})
+            saved_grid = [Preference(tuple(w)) for w in saved["grid"]]
+        except (KeyError, TypeError, ValueError, MobenchError) as err:
+            raise MobenchError(f"{resumed.manifest_path}: damaged manifest, cannot resume from it ({_one_line(err, 120)})") from None
     options = validate(config, registry)
 
     say(f"loading task {config.task} ({config.scale})")
     task = task_spec.load(config.scale, context)
-    if tuple(task.objective_names) != tuple(task_spec.objectives):
-        raise MobenchError(f"task {config.task!r} declared objectives {task_spec.objectives} but loaded {task.objective_names}")
-    for objective in task.objectives:
-        declared = registry.objectives.get(objective.name)
-        if declared is not None and declared.direction != objective.direction:
-            raise MobenchError(f"task {config.task!r}: objective {objective.name!r} has direction {objective.direction:+d}, registered {declared.direction:+d}")
+    if not isinstance(task, TaskInstance):
+        raise MobenchError(f"task {config.task!r}: load returned {type(task).__name__}, not a TaskInstance")
     task = attach_calibration(task_spec, task)
+    check_task(task, task_spec.objectives, registry)
+    if config.limit is not None and config.limit >= len(task.prompts):
+        if config.limit > len(task.prompts):
+            say(f"note: --limit {config.limit} is more than the task's {len(task.prompts)} prompts: using all {len(task.prompts)}")
+        config = RunConfig(**{**asdict(config), "limit": None})
     prompts = task.prompts[: config.limit] if config.limit else list(task.prompts)
     preferences = saved_grid or resolve_preferences(config, len(task.objectives), task.grid_points)
 
     rid = resume or run_id(config, preferences, task, options)
     run = store.run(config.task, config.method, rid)
-    if run.manifest_path.exists():
-        manifest = run.read_manifest()
-        run.update_manifest(resumed_at=[*manifest.get("resumed_at", []), _now()], status="running")
+    existing = run.read_manifest() if run.manifest_path.exists() else None
+    done = run.done_keys() if existing is not None else set()
+    missing = [p for p in preferences if p.key not in done]
+    result = RunResult(run=run, computed=0, skipped=len(preferences) - len(missing), total=len(preferences))
+    if existing is not None and not missing and existing.get("status") == "complete":
+        # Nothing to do and nothing to record: the store is left as it is (a read-only store included).
+        say(f"all {len(preferences)} grid points already in {run.path}")
+        return result
+    store.ensure()
+    if existing is not None:
+        # status running again, and an earlier failure's reason dropped
+        run.set_status("running", resumed_at=[*existing.get("resumed_at", []), _now()])
     else:
         run.write_manifest(
             {
@@ -240,14 +290,34 @@ def execute(
             }
         )
 
-    done = run.done_keys()
-    missing = [p for p in preferences if p.key not in done]
-    result = RunResult(run=run, computed=0, skipped=len(preferences) - len(missing), total=len(preferences))
     if not missing:
-        run.update_manifest(status="complete", finished_at=_now())
+        run.set_status("complete", finished_at=_now())
         say(f"all {len(preferences)} grid points already in {run.path}")
         return result
 
+    try:
+        _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say)
+    except KeyboardInterrupt:
+        _record_end(run, "interrupted", "interrupted (Ctrl-C or SIGTERM); rerun the same command to resume")
+        raise
+    except BaseException as err:  # recorded, then raised again: the CLI prints the one line
+        _record_end(run, "failed", f"{type(err).__name__}: {err}" if not isinstance(err, MobenchError) else str(err))
+        raise
+    complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
+    run.set_status("complete" if complete else "partial", finished_at=_now())
+    return result
+
+
+def _record_end(run: RunDir, status: str, reason: str) -> None:
+    """Write a failed or interrupted run's status; never let the record hide the error being raised."""
+    try:
+        run.set_status(status, reason, finished_at=_now())
+    except Exception:  # a read-only or vanished store: the error itself is what the user needs to see
+        pass
+
+
+def _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say) -> None:
+    """Prepare the method and compute the missing grid points, appending each as it is scored."""
     say(f"preparing {config.method}")
     method = build_method(method_spec, options)
     seed_everything(config.seed)
@@ -266,8 +336,12 @@ def execute(
             t0 = time.perf_counter()
             responses = method.generate(prompts, batch)
             generation_seconds = (time.perf_counter() - t0) / len(batch)
-            if len(responses) != len(batch) or any(len(r) != len(prompts) for r in responses):
-                raise MobenchError(f"method {config.method!r} returned a wrong number of responses")
+            if not isinstance(responses, (list, tuple)) or len(responses) != len(batch) or any(
+                    not isinstance(r, (list, tuple)) or len(r) != len(prompts) for r in responses):
+                raise MobenchError(f"method {config.method!r} returned a wrong number of responses "
+                                   f"(one list of {len(prompts)} texts per grid point is expected)")
+            if any(not isinstance(t, str) for r in responses for t in r):
+                raise MobenchError(f"method {config.method!r} returned a response that is not text")
             for preference, texts in zip(batch, responses):
                 t1 = time.perf_counter()
                 means, stderrs, normalised, items = score_point(task, prompts, texts)
@@ -313,6 +387,3 @@ def execute(
             run.update_manifest(method_provenance=method.provenance())
         except Exception as err:  # never let provenance hide the generation error being raised
             say(f"warning: {config.method}.provenance() failed at the end of the run: {err}")
-    complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
-    run.update_manifest(status="complete" if complete else "partial", finished_at=_now())
-    return result

@@ -239,12 +239,14 @@ def test_seeds_of_one_setting_aggregate(store):
         run = write_run(store, "m", front_scores(w, 16, rng, shift=shift), w, seed=seed,
                         stamp=f"2026-01-0{seed + 2}T00:00:00+00:00")
         hvs.append(hv2_sweep(z_from_rows(run, run.read_manifest()), [0.0, 0.0]))
-    # older: another setting (left out) and a partial rerun of seed 1 (the complete one is kept)
+    # an option variant (its own line, labelled) and a newer partial rerun of seed 1 (the complete one is kept)
     write_run(store, "m", front_scores(w, 16, rng, shift=5.0), w, options={"steps": "9"}, stamp="2026-01-01T00:00:00+00:00")
     write_run(store, "m", front_scores(w[:2], 16, rng, shift=5.0), w[:2], grid=w, seed=1, status="partial",
               stamp="2026-01-09T00:00:00+00:00", run_id="partial-rerun")
     board = build(store, "toy", resamples=300)
-    [entry] = board.entries
+    variant, entry = sorted(board.entries, key=lambda e: e.label != "m[steps=9]")
+    assert variant.label == "m[steps=9]" and variant.n_seeds == 1 and entry.label == "m"
+    assert any("newer run partial-rerun is partial" in note for note in board.notes)
     assert entry.n_seeds == 3 and sorted(entry.seeds) == [0, 1, 2] and "partial-rerun" not in entry.run_ids
     assert entry.hypervolume == pytest.approx(np.mean(hvs), abs=1e-9)
     assert sorted(entry.hypervolume_per_seed) == pytest.approx(sorted(hvs))
