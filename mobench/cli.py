@@ -115,13 +115,21 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
         with Progress(*columns, console=console, transient=False) as progress:
             context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
             result = execute(config, _registry(ctx), Store(results), context, resume=resume,
-                             on_event=lambda m: console.log(m, markup=False))
+                             on_event=lambda m: _event(console, m))
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(
         f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "
         f"{result.total} in the grid"
     )
+
+
+def _event(console, message: str) -> None:
+    """A runner event: notes and warnings as one plain line, progress as a timestamped log line."""
+    if message.startswith(("note:", "warning:")):
+        console.print(message, markup=False, soft_wrap=True)
+    else:
+        console.log(message, markup=False)
 
 
 def _interrupt(signum, frame):
@@ -205,7 +213,7 @@ def _entries(ctx, task, results, scale, calibration=None, resamples=None):
     from mobench.store import Store
 
     _registry(ctx).task(task)
-    return build(Store(results), task, scale, calibration=calibration, resamples=resamples or RESAMPLES)
+    return build(Store(results), task, scale, calibration=calibration, resamples=RESAMPLES if resamples is None else resamples)
 
 
 def _board_options(f):
@@ -374,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                       "the same command resumes it", soft_wrap=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
-        exc.show()
+        # click's usage errors are several lines (usage, hint, error): one line here, naming the help
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        console.print(f"[red]error:[/] {escape(_line(exc.format_message()) + hint)}", soft_wrap=True)
         return EXIT_USER_ERROR
     except OSError as exc:
         # an unwritable or vanished results folder, a full disk, a bad --out path

@@ -134,7 +134,7 @@ class Store:
         if self.root.exists() and not self.root.is_dir():
             raise MobenchError(f"--results {self.root} is a file, not a folder")
         if (self.root / MARKER).exists():
-            if self.root.is_dir() and not os.access(self.root, os.W_OK):
+            if create and not os.access(self.root, os.W_OK):
                 raise MobenchError(f"the results store {self.root} is not writable")
             return
         # Hidden entries are ignored: a concurrent writer's half-made marker is one of them.
@@ -144,11 +144,11 @@ class Store:
             raise MobenchError(
                 f"{self.root} is not a mobench results store and is not empty; pass an empty or new folder to --results"
             )
+        if not create:
+            return
         existing = next((p for p in [self.root, *self.root.parents] if p.exists()), None)
         if existing is not None and not os.access(existing, os.W_OK):
             raise MobenchError(f"cannot create the results store {self.root}: {existing} is not writable")
-        if not create:
-            return
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.root / MARKER, {"mobench_store": STORE_VERSION})
 
