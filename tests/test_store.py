@@ -132,3 +132,65 @@ def test_run_id_changes_with_the_method_options_so_stale_rows_are_never_resumed(
                           normalisation={"x": Normalisation(0.0, 1.0)}, reference_point=(0.0,),
                           generation={"max_new_tokens": 128})
     assert run_id(config, grid, task, options(32)) != run_id(config, grid, longer, options(32))
+
+
+def test_the_done_key_index_reads_only_new_bytes_and_sees_other_writers(tmp_path):
+    store = Store(tmp_path)
+    store.ensure()
+    a = store.run("toy", "letters", "r1")
+    b = RunDir(a.path)  # a second writer of the same run (another process in real life)
+    assert a.append_point({"preference_key": "k1", "attempt": "1"}, [])
+    assert b.append_point({"preference_key": "k2", "attempt": "2"}, [])
+    assert not a.append_point({"preference_key": "k2", "attempt": "3"}, [])  # b's row is seen through the index
+    assert a.done_keys() == b.done_keys() == {"k1", "k2"}
+    assert a._offset == a.rows_path.stat().st_size  # everything read, and only once
+    # a partial last line (a writer killed mid-line) is not consumed until it is terminated
+    with open(a.rows_path, "ab") as fh:
+        fh.write(b'{"preference_key": "k9", "att')
+    assert a.done_keys() == {"k1", "k2"} and a._offset < a.rows_path.stat().st_size
+    assert a.append_point({"preference_key": "k3", "attempt": "4"}, [])
+    assert a.done_keys() == {"k1", "k2", "k3"} == {r["preference_key"] for r in a.rows()}
+    # a rows file replaced by a shorter one (restored from a backup) is read again from the start
+    a.rows_path.write_text(json.dumps({"preference_key": "k1"}) + "\n")
+    assert a.done_keys() == {"k1"}
+
+
+def test_append_cost_does_not_grow_with_the_rows(tmp_path, monkeypatch):
+    """The index reads each byte of rows.jsonl once: the bytes read per append stay one row's worth."""
+    import builtins
+
+    store = Store(tmp_path)
+    store.ensure()
+    run = store.run("toy", "letters", "r1")
+    read_sizes = []
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, n=-1):
+            data = self.fh.read(n)
+            read_sizes.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        return Counting(fh) if str(path) == str(run.rows_path) and "b" in mode else fh
+
+    for i in range(300):
+        if i == 250:
+            monkeypatch.setattr(builtins, "open", counting_open)
+        run.append_point({"preference_key": f"k{i}", "attempt": "a", "pad": "x" * 100}, [])
+    line = len(run.rows_path.read_bytes().splitlines()[-1]) + 1
+    # reads of the last byte (newline check) and of the one new row since the previous append, never the file
+    assert read_sizes and max(read_sizes) <= line
