@@ -309,3 +309,101 @@ def test_compare_command_prints_the_pairwise_table(store, capsys):
     write_run(store, "p", base, w, scale="paper")
     assert main(args) == 2
     assert "several scales: paper (1 runs), tiny (2 runs)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_newer_failed_run_without_rows_never_hides_a_complete_run(store):
+    rng = np.random.default_rng(20)
+    w = grid2(3)
+    write_run(store, "m", front_scores(w, 8, rng), w, stamp="2026-01-02T00:00:00+00:00", run_id="good")
+    failed = store.run("toy", "m", "failed-later")
+    manifest = json.loads((store.root / "toy" / "m" / "good" / "manifest.json").read_text())
+    failed.write_manifest({**manifest, "run_id": "failed-later", "status": "failed", "reason": "CUDA out of memory",
+                           "started_at": "2026-01-05T00:00:00+00:00", "finished_at": "2026-01-05T00:00:00+00:00",
+                           "seed": 7})
+    board = build(store, "toy", resamples=20)
+    [entry] = board.entries
+    assert entry.run_id == "good" and entry.status == "complete"
+    assert any("failed-later has no grid point: failed (CUDA out of memory)" in n for n in board.notes)
+
+
+def test_a_newer_partial_run_never_replaces_a_complete_one(store):
+    rng = np.random.default_rng(21)
+    w = grid2(5)
+    scores = front_scores(w, 8, rng)
+    write_run(store, "m", scores, w, stamp="2026-01-02T00:00:00+00:00", run_id="complete")
+    write_run(store, "m", scores[:1] - 50, w[:1], grid=w, stamp="2026-01-06T00:00:00+00:00", run_id="partial",
+              status="partial")
+    board = build(store, "toy", resamples=20)
+    [entry] = board.entries
+    assert entry.run_id == "complete" and entry.points == 5 and entry.hypervolume > 0
+    assert any("newer run partial is partial" in n for n in board.notes)
+
+
+def test_only_partial_runs_are_ranked_with_a_note_saying_so(store):
+    from mobench import report
+
+    rng = np.random.default_rng(22)
+    w = grid2(5)
+    write_run(store, "m", front_scores(w[:2], 8, rng), w[:2], grid=w, status="interrupted", run_id="half")
+    board = build(store, "toy", resamples=20)
+    [entry] = board.entries
+    assert entry.status == "interrupted" and entry.points == 2 and entry.grid_size == 5
+    assert any("m has no complete run: ranked on its newest run half, interrupted, with 2 of 5 grid points" in n
+               for n in board.notes)
+    assert "| 2/5 (interrupted) |" in report.to_markdown(board)
+
+
+def test_option_variants_are_ranked_side_by_side_under_labels(store):
+    from mobench import report
+
+    rng = np.random.default_rng(23)
+    w = grid2(3)
+    base = front_scores(w, 16, rng)
+    write_run(store, "mage", base, w)
+    write_run(store, "mage", base + 1.0, w, options={"alpha": "2"})
+    write_run(store, "mage", base + 2.0, w, options={"alpha": "3", "beta": "0.5"})
+    board = build(store, "toy", resamples=50)
+    assert [e.label for e in board.entries] == ["mage[alpha=3,beta=0.5]", "mage[alpha=2]", "mage"]
+    assert [(c.a, c.b) for c in board.comparisons][0] == ("mage[alpha=3,beta=0.5]", "mage[alpha=2]")
+    assert "| 2 | mage[alpha=2] |" in report.to_markdown(board)
+    assert board.entries[1].options == {"alpha": "2"}
+
+
+def test_three_objectives_show_every_corner_and_plot_a_scatter_matrix(store, tmp_path):
+    from mobench import report
+
+    rng = np.random.default_rng(24)
+    names = ("x", "y", "z")
+    w = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1 / 3, 1 / 3, 1 / 3)]
+    raw = np.array(w)[:, None, :] * 2 + 1 + rng.normal(0, 0.1, (4, 8, 3))
+    write_run(store, "m", raw, w, names=names, task="tri")
+    board = build(store, "tri", resamples=20)
+    md = report.to_markdown(board)
+    for n in names:
+        assert f"x/y/z at w={n}" in md
+    out = report.plot(board, tmp_path / "tri.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_markdown_and_plots_show_hostile_text_as_text(store, tmp_path):
+    from mobench import report
+
+    rng = np.random.default_rng(25)
+    w = grid2(3)
+    names = ("a|<b>x</b>", "c$d")  # the store may hold anything: a damaged or hand-edited run
+    write_run(store, "m|<i>", front_scores(w, 8, rng), w, names=names)
+    board = build(store, "toy", resamples=20)
+    md = report.to_markdown(board)
+    assert "<b>" not in md and "<i>" not in md and "a\\|&lt;b&gt;x&lt;/b&gt;" in md and "m\\|&lt;i&gt;" in md
+    assert all(line.count("|") - line.count("\\|") == md.splitlines()[2].count("|") - md.splitlines()[2].count("\\|")
+               for line in md.splitlines()[2:4])
+    assert report.plot(board, tmp_path / "p.png").exists()  # '$' is not read as mathtext
+
+
+def test_no_runtime_warning_leaks_and_json_stays_strict(store, recwarn):
+    from mobench import report
+
+    write_run(store, "flat", np.ones((3, 8, 2)), grid2(3))  # constant scores: Spearman undefined everywhere
+    board = build(store, "toy", resamples=20)
+    json.loads(report.to_json(board), parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(c)))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
