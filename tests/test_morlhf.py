@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 
 import pytest
 
@@ -131,13 +130,60 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     # The RLOO log carries trl's weighted reward of each step: a real number, not a placeholder.
     assert any("reward" in h for h in both["log"])
 
-    # A second run finds both policies in the cache and trains nothing.
+    # A second run finds both policies in the cache and trains nothing (trl's trainer is never built).
+    import trl
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached policy was trained again")
+
+    monkeypatch.setattr(trl, "RLOOTrainer", no_training)
     again = Morlhf(options)
     again.prepare(task, RunContext(seed=0, device="cpu"))
-    start = time.perf_counter()
     again.generate(task.prompts, [Preference((1.0, 0.0))])
     assert again.policies["1.000000,0.000000"] == paths["1.000000,0.000000"]
-    assert time.perf_counter() - start < 30
+
+
+class _Captured(Exception):
+    """Raised by the intercepted RLOOTrainer.train once trl has built its reward weights: nothing trains."""
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.7), (0.0, 1.0), (0.8, 0.2)])
+def test_trl_receives_the_weights_and_z_scored_rewards(weights, smol_tokenizer, tmp_path, monkeypatch):
+    """What trl's RLOOTrainer holds (its reward_weights tensor and reward functions), combined as trl combines them."""
+    import torch
+    import trl
+
+    from mobench.models import micro_causal_lm
+    from mobench.training import RlBudget, train_rl_policy
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    seen = {}
+
+    def intercepted(self, *args, **kwargs):
+        seen["weights"] = self.reward_weights.clone()
+        seen["funcs"] = list(self.reward_funcs)
+        seen["beta"] = self.args.beta
+        raise _Captured
+
+    monkeypatch.setattr(trl.RLOOTrainer, "train", intercepted)
+    budget = RlBudget(steps=1, batch_size=4, num_generations=2, max_new_tokens=4, lora_r=4, n_prompts=2, beta_kl=0.07)
+    with pytest.raises(_Captured):
+        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, weights, PROMPTS[:2], budget, RunContext(device="cpu"))
+    kept = [w for w in weights if w > 0]
+    assert seen["weights"].tolist() == pytest.approx(kept) and seen["beta"] == pytest.approx(0.07)
+    # trl's own combination: (rewards_per_func * reward_weights).nansum(dim=1) (RLOOTrainer._generate_and_score_completions)
+    per_func = torch.tensor([f(PROMPTS, COMPLETIONS) for f in seen["funcs"]], dtype=torch.float32).T
+    trl_reward = (per_func * seen["weights"].unsqueeze(0)).nansum(dim=1)
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    want = [weights[0] * (-(len(c) - 20.0) / 10.0) + weights[1] * (vader.polarity_scores(c)["compound"] - 0.1) / 0.5
+            for c in COMPLETIONS]
+    assert trl_reward.tolist() == pytest.approx(want, abs=1e-5)
+    assert not list((tmp_path / "cache").glob("morlhf-policies/*/mobench-artifact.json"))  # an aborted build caches nothing
 
 
 def test_budget_options_override_the_tiny_budget_and_unknown_options_fail():
