@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import resource
 import sys
@@ -23,6 +24,12 @@ from mobench.plugins import Registry
 from mobench.toolkit import seed_everything
 from mobench.provenance import git_revision, machine, versions
 from mobench.store import RunDir, Store, _one_line
+
+#: How long a claim on a grid point holds (seconds) before another run may take the point over; a claim
+#: of a process of this machine that has died ends at once. MOBENCH_CLAIM_TTL overrides it.
+CLAIM_TTL = 3 * 3600.0
+#: How often a run whose remaining points are all claimed by other live runs looks again (seconds).
+CLAIM_POLL = 0.5
 
 #: What a --resume value may be: a run id (a folder name of this results store), never a path.
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -232,6 +239,8 @@ def execute(
     task = task_spec.load(config.scale, context)
     if not isinstance(task, TaskInstance):
         raise MobenchError(f"task {config.task!r}: load returned {type(task).__name__}, not a TaskInstance")
+    if task.normalisation or task.reference_point:
+        check_task(task, task_spec.objectives, registry)  # what the task brings itself must already be coherent
     task = attach_calibration(task_spec, task)
     check_task(task, task_spec.objectives, registry)
     if config.limit is not None and config.limit >= len(task.prompts):
@@ -327,10 +336,26 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
     run.update_manifest(method_provenance=method.provenance(), prepare_seconds=prepare_seconds)
 
     attempt = uuid.uuid4().hex[:12]
-    batches = [missing] if getattr(method, "batch_preferences", False) else [[p] for p in missing]
+    batched = bool(getattr(method, "batch_preferences", False))
+    ttl = float(os.environ.get("MOBENCH_CLAIM_TTL", CLAIM_TTL))
     point_step = context.progress.step("grid points", total=len(missing)) if context.progress else None
+    pending, waiting = list(missing), False
     try:
-        for batch in batches:
+        while True:
+            done = run.done_keys()
+            pending = [p for p in pending if p.key not in done]
+            if not pending:
+                break
+            # Claim before computing: concurrent runs of this command split the grid instead of both computing it.
+            got = set(run.claim([p.key for p in pending], attempt, ttl, limit=None if batched else 1))
+            if not got:
+                if not waiting:
+                    say(f"waiting for {len(pending)} grid point(s) another run is computing")
+                    waiting = True
+                time.sleep(CLAIM_POLL)
+                continue
+            batch = [p for p in pending if p.key in got]
+            pending = [p for p in pending if p.key not in got]
             _reset_cuda_peak()
             seed_everything(config.seed)
             t0 = time.perf_counter()
@@ -375,11 +400,14 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
                 ]
                 if run.append_point(row, generations):
                     result.computed += 1
-                else:
-                    result.skipped += 1
                 if point_step:
                     point_step.advance(1)
     finally:
+        result.skipped = result.total - result.computed  # points written by another run count as already there
+        try:
+            run.release(attempt)
+        except OSError:
+            pass
         if point_step:
             point_step.close()
         # Again at the end: methods that train per point (MORLHF, MODPO) know their policies only now.

@@ -12,6 +12,10 @@ Crash and concurrency safety, by construction rather than by luck:
   point is never written twice, even by two processes running the same command. The keys are an
   index kept per run folder object and brought up to date by reading only the bytes appended since
   the last look, so an append costs the same at row 10 and at row 10,000;
+- runs of one command started side by side split the grid: before computing a point a runner claims it
+  in ``claims.json`` (under the lock: owner, pid, host, expiry), and the others skip points claimed by a
+  live owner. A claim ends when its point's row is written, when it expires, or at once when its owner
+  was a process of this machine that no longer exists (a SIGKILL never leaves a point stranded);
 - a run's manifest carries its status: ``running``, ``complete``, ``partial`` (ended with points
   missing), ``failed`` (with a one-line ``reason``) or ``interrupted`` (Ctrl-C or SIGTERM);
 - files are created readable by the group and others as the umask allows (``0666 & ~umask``, like the
@@ -25,6 +29,8 @@ import fcntl
 import json
 import math
 import os
+import socket
+import time
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -171,6 +177,7 @@ class RunDir:
         self.rows_path = self.path / "rows.jsonl"
         self.generations_path = self.path / "generations.jsonl"
         self.lock_path = self.path / ".lock"
+        self.claims_path = self.path / "claims.json"
         # The index of done keys: the keys of the rows read so far and where reading stopped.
         self._keys: set[str] = set()
         self._offset = 0
@@ -242,6 +249,53 @@ class RunDir:
             write_json_atomic(self.manifest_path, manifest)
         return manifest
 
+    def claim(self, keys: list[str], owner: str, ttl: float, limit: int | None = None) -> list[str]:
+        """Claim up to ``limit`` of ``keys`` (in order) for ``owner``: those not done and not claimed by another
+        live owner. Returns the keys claimed; each claim lasts ``ttl`` seconds unless renewed."""
+        now = time.time()
+        with self.locked():
+            self._refresh_keys()
+            claims = self._read_claims()
+            got = []
+            for key in keys:
+                if limit is not None and len(got) >= limit:
+                    break
+                if key in self._keys:
+                    continue
+                held = claims.get(key)
+                if held and held.get("owner") != owner and _live(held, now):
+                    continue
+                got.append(key)
+            me = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "expires": now + ttl}
+            claims = {k: c for k, c in claims.items() if k not in self._keys and _live(c, now) and c.get("owner") != owner}
+            claims.update({k: me for k in got})
+            self._write_claims(claims)
+        return got
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (and every stale one); the file goes when no claim is left."""
+        now = time.time()
+        with self.locked():
+            if not self.claims_path.exists():
+                return
+            self._refresh_keys()
+            claims = {k: c for k, c in self._read_claims().items()
+                      if c.get("owner") != owner and k not in self._keys and _live(c, now)}
+            self._write_claims(claims)
+
+    def _read_claims(self) -> dict[str, dict[str, Any]]:
+        try:
+            claims = json.loads(self.claims_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: c for k, c in claims.items() if isinstance(c, dict)} if isinstance(claims, dict) else {}
+
+    def _write_claims(self, claims: dict[str, dict[str, Any]]) -> None:
+        if claims:
+            write_json_atomic(self.claims_path, claims)
+        elif self.claims_path.exists():
+            self.claims_path.unlink()
+
     def _refresh_keys(self) -> None:
         """Bring the key index up to date: read rows.jsonl from where the last look stopped to its last newline."""
         try:
@@ -283,6 +337,21 @@ class RunDir:
             _append(self.generations_path, b"".join(_json_line(g) for g in generations))
             _append(self.rows_path, _json_line(row))
         return True
+
+
+def _live(claim: dict[str, Any], now: float) -> bool:
+    """Whether a claim still holds: not expired, and its owner alive when it was a process of this machine."""
+    expires = claim.get("expires")
+    if not isinstance(expires, (int, float)) or expires <= now:
+        return False
+    if claim.get("host") == socket.gethostname() and isinstance(claim.get("pid"), int):
+        try:
+            os.kill(claim["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+    return True
 
 
 def _one_line(text: Any, limit: int = 500) -> str:

@@ -73,12 +73,41 @@ def test_resume_by_run_id_uses_the_saved_grid(tmp_path):
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
 
 
-def test_two_concurrent_writers_of_the_same_run(tmp_path):
-    env = {**os.environ, "MOBENCH_TOY_SLEEP": "0.05"}
+def test_two_concurrent_writers_of_the_same_run_split_the_grid(tmp_path):
+    import re
+
+    env = {**os.environ, "MOBENCH_TOY_SLEEP": "0.5"}
     procs = [subprocess.Popen(_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    _check_complete(tmp_path)
+    run_path = _check_complete(tmp_path)
+    # each point was computed by exactly one of them (claims), not by both with the loser's work discarded
+    computed = [int(re.search(r"(\d+) grid points computed", out).group(1)) for out, _ in outs]
+    assert sum(computed) == 11 and min(computed) >= 1, outs
+    assert not (run_path / "claims.json").exists()  # every claim released
+
+
+def test_claims_skip_live_owners_and_take_over_dead_or_expired_ones(tmp_path):
+    store = Store(tmp_path)
+    store.ensure()
+    run = store.run("toy", "letters", "r1")
+    assert run.claim(["k1", "k2", "k3"], "A", ttl=60, limit=1) == ["k1"]
+    assert run.claim(["k1", "k2", "k3"], "B", ttl=60, limit=1) == ["k2"]  # k1 is A's (this live process)
+    assert run.claim(["k1", "k2", "k3"], "B", ttl=60) == ["k2", "k3"]
+    assert run.append_point({"preference_key": "k1", "attempt": "A"}, [])
+    assert run.claim(["k1", "k2"], "C", ttl=60) == []  # k1 done, k2 B's
+    # a claim of a dead process of this machine ends at once; an expired one too
+    claims = json.loads(run.claims_path.read_text())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claims["k2"]["pid"] = dead.pid
+    claims["k3"]["expires"] = time.time() - 1
+    run.claims_path.write_text(json.dumps(claims))
+    assert run.claim(["k2", "k3"], "C", ttl=60) == ["k2", "k3"]
+    run.release("C")
+    assert not run.claims_path.exists()
+    run.claims_path.write_text("[damaged")  # a damaged claims file holds no claim
+    assert run.claim(["k2"], "D", ttl=60) == ["k2"]
 
 
 def test_concurrent_appends_from_many_threads_never_interleave(tmp_path):
