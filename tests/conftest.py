@@ -1,8 +1,19 @@
-"""Shared fixtures: real data from ../shared/data, a persistent model cache, a micro model."""
+"""Shared fixtures: real data from ../shared/data, a hermetic per-session cache, a micro model.
+
+The session's artifact cache (``MOBENCH_CACHE``) is a fresh temporary folder, so trained heads and
+everything else a test reads from the cache are built by this code in this session, never read from a
+user's warm cache. The one exception is the converted SmolLM2 folder (``models/``), hard-linked in from
+the user's cache when present: its key holds the GGUF file's size and the code version of the conversion,
+so only a conversion by the current code can match. ``MOBENCH_TEST_CACHE=<folder>`` uses (and keeps) that
+folder instead, for fast reruns while developing.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +25,33 @@ os.environ.setdefault("MOBENCH_DATA_DIR", str((ROOT.parent / "shared" / "data").
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:  # another file system
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def _session_cache() -> Path:
+    user = Path(os.environ.get("MOBENCH_CACHE") or Path.home() / ".cache" / "mobench")
+    if os.environ.get("MOBENCH_TEST_CACHE"):
+        path = Path(os.environ["MOBENCH_TEST_CACHE"])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path = Path(tempfile.mkdtemp(prefix="mobench-test-cache-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    for built in sorted((user / "models").glob("*/mobench-artifact.json")):
+        _link_tree(built.parent, path / "models" / built.parent.name)
+    return path
+
+
+SESSION_CACHE = _session_cache()
+os.environ["MOBENCH_CACHE"] = str(SESSION_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +76,9 @@ def micro_lm(smol_tokenizer):
     from mobench.models import micro_causal_lm
 
     return micro_causal_lm(smol_tokenizer, seed=0), smol_tokenizer
+
+
+@pytest.fixture(scope="session")
+def session_cache() -> Path:
+    """This session's artifact cache (``MOBENCH_CACHE``)."""
+    return SESSION_CACHE
