@@ -208,3 +208,75 @@ def test_modpo_budget_options_override_the_tiny_budget():
         Modpo().generate(["x"], [Preference((1.0,))])
     with pytest.raises(MobenchError, match="has none"):
         Modpo().prepare(TaskInstance("t", "tiny", "p", [CharLength()], ["x"]), RunContext())
+
+
+def _trl_logps(model, tok, pairs, max_length, tmp_path):
+    """trl's own summed completion log-probs of ``model``: DPOTrainer's precomputed reference log-probs."""
+    from trl import DPOTrainer
+
+    from mobench.training import DpoBudget, dpo_config, pairs_dataset
+
+    budget = DpoBudget(steps=1, batch_size=len(pairs), beta=BETA, max_length=max_length)
+    config = dpo_config(budget, str(tmp_path), seed=0, device="cpu", precompute_ref_log_probs=True)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=pairs_dataset(pairs), processing_class=tok)
+    data = trainer.train_dataset
+    return data["ref_chosen_logps"], data["ref_rejected_logps"]
+
+
+def test_implicit_margins_match_trls_log_probs(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    """completion_logps (policy and expert) equals trl's log-probs, and implicit_differences is beta (h_w - h_l) of them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import mobench.training as training
+    from mobench.methods.modpo.trainer import completion_logps, implicit_differences
+    from mobench.models import micro_causal_lm
+    from mobench.training import DpoBudget
+
+    from mobench.training import truncate_prompts
+
+    max_length = 28  # short enough that some pairs are cut (prompts keep their end, as MODPO's _train cuts them)
+    raw = _real_pairs(data_dir, 6)
+    pairs = truncate_prompts(raw, smol_tokenizer, max_length)
+    assert pairs != raw
+    lengths = [len(smol_tokenizer(p.prompt + p.chosen)["input_ids"]) for p in pairs]
+    assert min(lengths) < max_length - 2 < max(lengths)
+    policy = tmp_path / "policy"
+    base = micro_causal_lm(smol_tokenizer, seed=0)
+    base.save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    folders = {}
+    for seed, name in [(1, "expert_a"), (2, "expert_b")]:
+        micro = micro_causal_lm(smol_tokenizer, seed=0)
+        torch.manual_seed(seed)  # after the micro model, which seeds its own initialisation
+        peft = get_peft_model(micro, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+        folders[name] = tmp_path / name
+        peft.save_pretrained(folders[name])
+
+    # trl's log-probs of the reference and of each expert (merged into a plain model)
+    from mobench.training import load_policy_with_adapters
+
+    trl = {"ref": _trl_logps(micro_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, pairs, max_length, tmp_path / "t0")}
+    for name in folders:
+        model, _ = load_policy_with_adapters(str(policy), {name: str(folders[name])}, "cpu")
+        trl[name] = _trl_logps(model.merge_and_unload(), smol_tokenizer, pairs, max_length, tmp_path / name)
+
+    model, tok = load_policy_with_adapters(str(policy), {n: str(p) for n, p in folders.items()}, "cpu")
+    with model.disable_adapter():
+        ours_ref = completion_logps(model, tok, pairs, max_length)
+    model.set_adapter("expert_a")
+    ours_a = completion_logps(model, tok, pairs, max_length)
+    for ours, theirs in [(ours_ref, trl["ref"]), (ours_a, trl["expert_a"])]:
+        torch.testing.assert_close(ours[0], torch.tensor(theirs[0]), rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ours[1], torch.tensor(theirs[1]), rtol=1e-4, atol=1e-3)
+    assert not torch.allclose(ours_a[0], ours_ref[0])  # the expert is not the reference
+
+    # implicit_differences over the saved experts (training replaced by the folders above)
+    monkeypatch.setattr(training, "load_experts", lambda policy, pairs, budget, context, names: {n: folders[n] for n in names})
+    beta = 0.3
+    got = implicit_differences(str(policy), {}, DpoBudget(beta=beta, max_length=max_length), None, ["expert_a", "expert_b"], pairs)
+    for name in folders:
+        (ew, el), (rw, rl) = trl[name], trl["ref"]
+        want = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(ew, rw, el, rl)]
+        assert got[name] == pytest.approx(want, rel=1e-3, abs=1e-3)
+    assert got["expert_a"] != pytest.approx(got["expert_b"], abs=1e-3)
