@@ -239,8 +239,8 @@ def execute(
     task = task_spec.load(config.scale, context)
     if not isinstance(task, TaskInstance):
         raise MobenchError(f"task {config.task!r}: load returned {type(task).__name__}, not a TaskInstance")
-    if task.normalisation or task.reference_point:
-        check_task(task, task_spec.objectives, registry)  # what the task brings itself must already be coherent
+    if task.normalisation and task.reference_point:
+        check_task(task, task_spec.objectives, registry)  # a calibration the task brings itself must be coherent
     task = attach_calibration(task_spec, task)
     check_task(task, task_spec.objectives, registry)
     if config.limit is not None and config.limit >= len(task.prompts):
