@@ -200,7 +200,7 @@ def _settings(manifest: dict[str, Any]) -> str:
 
 
 def _stamp(manifest: dict[str, Any]) -> str:
-    return manifest.get("finished_at") or manifest.get("started_at") or ""
+    return str(manifest.get("finished_at") or manifest.get("started_at") or "")
 
 
 def _directions(manifest: dict[str, Any], names: list[str]) -> list[int]:
@@ -224,7 +224,7 @@ def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
     if not rows:
         return None
     directions = np.array(_directions(manifest, names), dtype=float)
-    norm = [Normalisation(**manifest["normalisation"][n]) for n in names]
+    norm = [Normalisation(float(manifest["normalisation"][n]["mean"]), float(manifest["normalisation"][n]["std"])) for n in names]
     means = np.array([x.mean for x in norm])
     stds = np.array([x.std if x.std > 0 else 1.0 for x in norm])  # as Normalisation.apply
     keys = [row["preference_key"] for row in rows]
@@ -253,6 +253,10 @@ def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _seconds(value: Any) -> float:
+    return float(value) if _number(value) else 0.0
 
 
 def manifest_problem(manifest: Any) -> str | None:
@@ -284,6 +288,15 @@ def manifest_problem(manifest: Any) -> str | None:
         return "n_prompts is not a count"
     if not isinstance(manifest.get("config", {}), dict):
         return "config is not an object"
+    if not isinstance(manifest.get("prompts_sha256"), (str, type(None))):
+        return "prompts_sha256 is not text"
+    if not isinstance(manifest.get("status", "complete"), str):
+        return "status is not text"
+    seed = manifest.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return "seed is not an integer"
+    if not isinstance(manifest.get("config", {}).get("options") or {}, dict):
+        return "config options are not an object"
     return None
 
 
@@ -487,7 +500,7 @@ def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: 
         if corner:
             ends[f"w={name}"] = {n: float(raw[corner[0], j]) for j, n in enumerate(names)}
     wall = float(np.mean([
-        float(r.manifest.get("prepare_seconds") or 0.0) + sum(float(row.get("wall_seconds", 0.0)) for row in r.run.rows())
+        _seconds(r.manifest.get("prepare_seconds")) + sum(_seconds(row.get("wall_seconds")) for row in r.run.rows())
         for r in runs
     ]))
     return Entry(

@@ -226,7 +226,7 @@ class RunDir:
         seen, out = set(), []
         for row in read_jsonl(self.rows_path):
             key = row.get("preference_key")
-            if key is None or key in seen:
+            if not isinstance(key, str) or key in seen:
                 continue
             seen.add(key)
             out.append(row)
@@ -325,8 +325,9 @@ class RunDir:
 
     def generations(self) -> list[dict[str, Any]]:
         """Generations of committed rows only (those of an attempt killed before its row are dropped)."""
-        committed = {(r["preference_key"], r.get("attempt")) for r in self.rows()}
-        return [g for g in read_jsonl(self.generations_path) if (g.get("preference_key"), g.get("attempt")) in committed]
+        committed = {(r["preference_key"], _hashable(r.get("attempt"))) for r in self.rows()}
+        return [g for g in read_jsonl(self.generations_path)
+                if (_hashable(g.get("preference_key")), _hashable(g.get("attempt"))) in committed]
 
     def append_point(self, row: dict[str, Any], generations: list[dict[str, Any]]) -> bool:
         """Append one grid point's generations then its row; return False if the point already exists."""
@@ -337,6 +338,11 @@ class RunDir:
             _append(self.generations_path, b"".join(_json_line(g) for g in generations))
             _append(self.rows_path, _json_line(row))
         return True
+
+
+def _hashable(value: Any) -> Any:
+    """A damaged field (a list, an object) compares as text instead of breaking a set lookup."""
+    return value if isinstance(value, (str, int, float, type(None))) else json.dumps(value, sort_keys=True, default=str)
 
 
 def _live(claim: dict[str, Any], now: float) -> bool:

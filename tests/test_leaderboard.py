@@ -5,6 +5,7 @@ RunDir.append_point, as the runner does) and reads them back through mobench.lea
 """
 
 import itertools
+import os
 import json
 import re
 
@@ -407,3 +408,50 @@ def test_no_runtime_warning_leaks_and_json_stays_strict(store, recwarn):
     board = build(store, "toy", resamples=20)
     json.loads(report.to_json(board), parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(c)))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_randomly_damaged_manifests_and_rows_never_raise_anything_but_a_one_line_error(store):
+    """Seeded fuzzing: any field of a manifest, a row or a generation replaced by a value of another type."""
+    import random
+    import warnings
+
+    from mobench import report
+
+    rng = np.random.default_rng(30)
+    w = grid2(3)
+    write_run(store, "good", front_scores(w, 6, rng), w)
+    victim = write_run(store, "victim", front_scores(w, 6, rng), w)
+    manifest0 = victim.manifest_path.read_text()
+    rows0 = victim.rows_path.read_text()
+    gens0 = victim.generations_path.read_text()
+    junk = [None, "x", "", [], [1, 2], {}, {"a": 1}, -1, 0, 1e308, True, "NaN", [[0.5, "a"]], {"count-a": "1"}]
+    fuzz = random.Random(int(os.environ.get("MOBENCH_FUZZ_SEED", "15")))
+    for _ in range(120):
+        victim.manifest_path.write_text(manifest0)
+        victim.rows_path.write_text(rows0)
+        victim.generations_path.write_text(gens0)
+        target = fuzz.choice(["manifest", "row", "generation"])
+        if target == "manifest":
+            data = json.loads(manifest0)
+            key = fuzz.choice(sorted(data))
+            data[key] = fuzz.choice(junk)
+            victim.manifest_path.write_text(json.dumps(data))
+        else:
+            path = victim.rows_path if target == "row" else victim.generations_path
+            lines = [json.loads(x) for x in path.read_text().splitlines()]
+            i = fuzz.randrange(len(lines))
+            key = fuzz.choice(sorted(lines[i]))
+            if isinstance(lines[i][key], dict) and lines[i][key] and fuzz.random() < 0.5:
+                lines[i][key][fuzz.choice(sorted(lines[i][key]))] = fuzz.choice(junk)
+            else:
+                lines[i][key] = fuzz.choice(junk)
+            path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                board = build(store, "toy", resamples=5)
+            except MobenchError as err:
+                assert "\n" not in str(err)
+                continue
+            json.loads(report.to_json(board))
+            report.to_markdown(board)
