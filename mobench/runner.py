@@ -253,6 +253,13 @@ def execute(
     rid = resume or run_id(config, preferences, task, options)
     run = store.run(config.task, config.method, rid)
     existing = run.read_manifest() if run.manifest_path.exists() else None
+    if existing is not None:
+        from mobench.leaderboard import manifest_problem
+
+        problem = manifest_problem(existing)
+        if problem:
+            raise MobenchError(f"{run.manifest_path}: damaged manifest ({problem}); move the folder {run.path} "
+                               "away to start this run again")
     done = run.done_keys() if existing is not None else set()
     missing = [p for p in preferences if p.key not in done]
     result = RunResult(run=run, computed=0, skipped=len(preferences) - len(missing), total=len(preferences))

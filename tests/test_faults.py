@@ -126,6 +126,17 @@ def test_bad_input_is_one_line_and_leaves_the_store_unchanged(store, tmp_path, c
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("content", ["{}", "[1,2]", '{"run_id": ', '{"run_id": "x", "method": 3}'])
+def test_a_damaged_manifest_is_never_resumed_into(store, content):
+    run = store / "toy" / "letters" / _run_id(store)
+    (run / "rows.jsonl").write_text((run / "rows.jsonl").read_text().splitlines()[0] + "\n")  # points missing
+    (run / "manifest.json").write_text(content)
+    before = checksums(store)
+    proc = mobench("--plugins-dir", TOYDIR, "run", "-m", "letters", "-t", "toy", "--results", str(store))
+    assert_one_line(proc, 2, "manifest")
+    assert checksums(store) == before
+
+
 def test_results_and_messages_with_markup_are_printed_as_text(tmp_path):
     weird = tmp_path / "r[/]x[bold]"
     proc = mobench("--plugins-dir", TOYDIR, "run", "-m", "letters", "-t", "toy", "--results", str(weird))
