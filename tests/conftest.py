@@ -82,3 +82,12 @@ def micro_lm(smol_tokenizer):
 def session_cache() -> Path:
     """This session's artifact cache (``MOBENCH_CACHE``)."""
     return SESSION_CACHE
+
+
+try:  # property tests: few examples, no per-example deadline (shared CI machines), the same examples every run
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("mobench", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mobench"))
+except ImportError:  # hypothesis is a dev extra; test_properties.py skips without it
+    pass

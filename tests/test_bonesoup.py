@@ -85,3 +85,40 @@ def test_per_row_merge_equals_weight_space_merge(micro_lm):
     from mobench.methods.mage.rowmerge import lora_layers
 
     assert all(isinstance(s, float) for layer in lora_layers(model) for s in layer.scaling.values())
+
+
+def test_coefficients_use_the_transpose_with_a_non_symmetric_b(monkeypatch):
+    """Backbone j holds row j of B: tau = B^-1 theta, so sum_i mu_i tau_i = sum_j [(B^T)^-1 mu]_j theta_j.
+
+    The package's B is symmetric, which cannot tell B^T from B; a non-symmetric B (and k != 1) can.
+    """
+    import numpy as np
+
+    from mobench.methods.mage import bonesoup
+
+    matrix = [[0.8, 0.2], [0.4, 0.6]]  # det 0.4; B^T c = mu, not B c = mu
+    monkeypatch.setattr(bonesoup, "mixing_matrix", lambda m, b: matrix)
+    mu, k = (0.3, 0.7), (0.5, 2.0)
+    # (B^T)^-1 = 1/0.4 [[0.6, -0.4], [-0.2, 0.8]]: (B^T)^-1 mu = (0.45 - 0.7, -0.15 + 1.4) = (-0.25, 1.25)
+    assert bonesoup.bone_soup_coefficients(mu, 0.7) == pytest.approx([-0.25, 1.25], abs=1e-12)
+    assert bonesoup.bone_soup_coefficients(mu, 0.7, k=k) == pytest.approx([-0.125, 2.5], abs=1e-12)
+    wrong = np.linalg.solve(np.asarray(matrix), np.asarray(mu))  # B^-1 mu, the untransposed solve
+    assert not np.allclose(wrong, [-0.25, 1.25])
+    # and with the real weights: the merge of backbones theta_j = sum_i B_ji tau_i at these c is sum_i mu_i tau_i
+    tau = np.random.default_rng(0).normal(size=(2, 5))
+    theta = np.asarray(matrix) @ tau
+    c = np.asarray(bonesoup.bone_soup_coefficients(mu, 0.7))
+    assert np.allclose(c @ theta, np.asarray(mu) @ tau)
+    with pytest.raises(MobenchError, match="rescaling"):
+        bonesoup.bone_soup_coefficients(mu, 0.7, k=(1.0,))
+
+
+def test_backbones_train_on_the_rows_of_b(monkeypatch):
+    """train_backbones hands row j of B to the RL trainer as backbone j's reward weights."""
+    import mobench.training as training
+    from mobench.methods.mage import bonesoup
+
+    calls = []
+    monkeypatch.setattr(training, "train_rl_policy", lambda policy, objectives, norm, row, prompts, budget, context: calls.append(list(row)) or f"/p{len(calls)}")
+    paths = bonesoup.train_backbones("pol", ["a", "b", "c"], {}, 0.6, ["x"], None)
+    assert calls == mixing_matrix(3, 0.6) and [str(p) for p in paths] == ["/p1", "/p2", "/p3"]
