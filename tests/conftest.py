@@ -50,6 +50,21 @@ def _session_cache() -> Path:
     return path
 
 
+def _mutmut_plugins() -> None:
+    """Under mutmut (run from its ``mutants/`` copy), load the methods from the mutated copy of plugins/.
+
+    The editable install maps ``mobench.methods`` to the checkout's plugins/ folder; mutmut puts ``mutants/``
+    first on sys.path, which covers ``mobench`` but not that mapping.
+    """
+    here = Path.cwd()
+    if here.name != "mutants" or not (here / "plugins" / "__init__.py").exists():
+        return
+    import mobench.methods
+
+    mobench.methods.__path__[:] = [str(here / "plugins")] + [p for p in mobench.methods.__path__ if p != str(here / "plugins")]
+
+
+_mutmut_plugins()
 SESSION_CACHE = _session_cache()
 os.environ["MOBENCH_CACHE"] = str(SESSION_CACHE)
 
