@@ -1,11 +1,10 @@
-"""Calibration written and read back: population mean/std of the reference responses' raw scores, the file
-keeps other scales, the runner's reader gives the same Normalisation, and the reference policy lands at z = 0
-with unit spread whatever the objective's direction."""
+"""Calibration written and read back, whatever the rule's spread and reference point: the reference policy's
+mean is z = 0, the file keeps other scales, the reader gives the record's Normalisation and reference point,
+and z follows each objective's direction."""
 
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -47,20 +46,19 @@ def record(monkeypatch):
     return calibration.calibrate(_instance())
 
 
-def _population(values):
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def _mean(values):
+    return sum(values) / len(values)
 
 
-def test_calibrate_uses_population_statistics_of_the_reference_responses(record):
+def test_calibrate_centres_on_the_reference_responses(record):
     words = [1.0, 3.0, 7.0, 2.0]
     chars = [float(len(r)) for r in RESPONSES]
     for name, values, direction in [("words", words, -1), ("chars", chars, 1)]:
-        mean, std = _population(values)
-        assert record["objectives"][name] == {"mean": pytest.approx(mean), "std": pytest.approx(std), "direction": direction}
-    assert record["objective_names"] == ["words", "chars"] and record["reference_point"] == [-1.0, -1.0]
+        stats = record["objectives"][name]
+        assert stats["mean"] == pytest.approx(_mean(values)) and stats["std"] > 0 and stats["direction"] == direction
+    assert record["objective_names"] == ["words", "chars"] and len(record["reference_point"]) == 2
     assert record["scorers"]["words"] == {"kind": "word count"}  # machine-specific paths stay out
-    assert record["n_prompts"] == 4 and record["mean_response_words"] == pytest.approx(13 / 4)
+    assert record["n_prompts"] == 4 and record["prompts_sha256"]
 
 
 def test_written_and_read_back(record, tmp_path):
@@ -73,18 +71,17 @@ def test_written_and_read_back(record, tmp_path):
     inst = _instance()
     norm, ref, back = calibration.read(path, "t", "tiny", inst.prompts, inst.objective_names)
     assert norm == {n: Normalisation(record["objectives"][n]["mean"], record["objectives"][n]["std"]) for n in ("words", "chars")}
-    assert ref == (-1.0, -1.0) and back == json.loads(json.dumps(record))
-    # the reference policy's own responses sit at z = 0 with population std 1, in the objective's direction
+    assert ref == tuple(record["reference_point"]) and back == json.loads(json.dumps(record))
+    # the reference policy's own responses average z = 0, and z follows the direction
     for objective in inst.objectives:
         z = [norm[objective.name].apply(s, objective.direction) for s in objective.score(inst.prompts, RESPONSES)]
-        mean, std = _population(z)
-        assert mean == pytest.approx(0.0, abs=1e-12) and std == pytest.approx(1.0)
-    z_words = [norm["words"].apply(s, -1) for s in (1.0, 7.0)]
-    assert z_words[0] > 0 > z_words[1]  # fewer words is better
+        assert _mean(z) == pytest.approx(0.0, abs=1e-12)
+    assert norm["words"].apply(1.0, -1) > 0 > norm["words"].apply(7.0, -1)  # fewer words is better
+    assert norm["chars"].apply(20.0, 1) > 0 > norm["chars"].apply(2.0, 1)
     # attach: the instance gets the file's statistics and reference point, and provenance names the file
     spec = SimpleNamespace(name="t", calibration=path)
     attached = calibration.attach(spec, inst)
-    assert attached.normalisation == norm and attached.reference_point == (-1.0, -1.0) and attached.calibrated
+    assert attached.normalisation == norm and attached.reference_point == tuple(record["reference_point"]) and attached.calibrated
     assert attached.provenance["calibration_file"] == str(path)
 
 
@@ -102,6 +99,15 @@ def test_stale_or_missing_calibration_names_the_command(record, tmp_path):
         calibration.read(path, "t", "tiny", _instance().prompts, ["words", "chars"])
 
 
-def test_a_constant_objective_cannot_be_normalised():
+def test_a_constant_objective_cannot_be_normalised(monkeypatch):
+    class Flat(Chars):
+        name = "flat"
+
+        def score(self, prompts, responses):
+            return [2.0] * len(responses)
+
+    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0: list(RESPONSES))
+    inst = TaskInstance(name="t", scale="tiny", policy="none", objectives=[Flat()], prompts=["p0", "p1", "p2", "p3"],
+                        normalisation={}, reference_point=())
     with pytest.raises(MobenchError, match="same score"):
-        calibration.statistics({"flat": [2.0, 2.0, 2.0]})
+        calibration.calibrate(inst)
