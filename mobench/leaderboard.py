@@ -353,7 +353,25 @@ def _group_key(method: str, manifest: dict[str, Any]) -> str:
     return json.dumps([method, options], sort_keys=True, default=str)
 
 
+def _gone(manifest: dict[str, Any]) -> bool:
+    """A run marked running whose process, on this machine, no longer exists (it was killed)."""
+    import socket
+
+    pid = manifest.get("pid")
+    if manifest.get("status") != "running" or manifest.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _reason(manifest: dict[str, Any]) -> str:
+    if _gone(manifest):
+        return "running in its manifest, but its process is gone (killed); the same command resumes it"
     status = str(manifest.get("status", "unknown"))
     reason = manifest.get("reason")
     return f"{status} ({' '.join(str(reason).split())[:200]})" if reason else status
@@ -373,7 +391,7 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
     empty = [(r, m) for r, m in manifests if not _has_rows(r)]
     manifests = [(r, m) for r, m in manifests if _has_rows(r)]
     for r, m in sorted(empty, key=lambda rm: rm[0].path.as_posix()):
-        if m.get("status") != "running":
+        if m.get("status") != "running" or _gone(m):
             notes.append(f"{option_label(m['method'], m.get('config', {}).get('options'))} run {r.run_id} has no grid point: {_reason(m)}")
     if not manifests:
         raise MobenchError(f"no runs of task {task!r}{f' at scale {scale!r}' if scale else ''} with any grid point{where}"
@@ -419,7 +437,7 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
         else:
             ranked_stamp = _stamp(chosen_runs[0][1])
             for run, m in runs:
-                if m.get("status") != "complete" and _stamp(m) > ranked_stamp and m.get("status") != "running":
+                if m.get("status") != "complete" and _stamp(m) > ranked_stamp and (m.get("status") != "running" or _gone(m)):
                     notes.append(f"{label}: a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked")
         groups.append((label, chosen_runs))
     return chosen_scale, chosen, groups, notes

@@ -270,7 +270,7 @@ def execute(
     store.ensure()
     if existing is not None:
         # status running again, and an earlier failure's reason dropped
-        run.set_status("running", resumed_at=[*existing.get("resumed_at", []), _now()])
+        run.set_status("running", resumed_at=[*existing.get("resumed_at", []), _now()], **_process())
     else:
         run.write_manifest(
             {
@@ -303,6 +303,7 @@ def execute(
                 "seed": config.seed,
                 "started_at": _now(),
                 "status": "running",
+                **_process(),
             }
         )
 
@@ -322,6 +323,13 @@ def execute(
     complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
     run.set_status("complete" if complete else "partial", finished_at=_now())
     return result
+
+
+def _process() -> dict[str, Any]:
+    """Which process is running the run: a run left "running" by a killed process is told apart by it."""
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 def _record_end(run: RunDir, status: str, reason: str) -> None:

@@ -260,6 +260,10 @@ def test_seeded_random_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path)
         proc.wait()
         kills += 1
     assert kills >= 1
+    # the killed run still says "running" in its manifest; the leaderboard says its process is gone
+    board = mobench("--plugins-dir", TOYDIR, "leaderboard", "-t", "toy", "--results", str(res), "--format", "json")
+    assert board.returncode == 0, board.stderr
+    assert any("its process is gone (killed)" in note for note in json.loads(board.stdout)["notes"])
     final = subprocess.run(cmd(res), capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     assert _content(res) == expected
