@@ -74,7 +74,13 @@ def _registry(ctx: click.Context):
 @click.version_option(package_name="mobench")
 @click.pass_context
 def cli(ctx: click.Context, plugins_dir: str | None) -> None:
-    """mobench: compare multi-objective alignment methods on one preference grid."""
+    """mobench: compare multi-objective alignment methods on one preference grid.
+
+    \b
+    Exit codes: 0 done; 2 a bad input, a damaged or unwritable store (one line on stderr);
+    1 an unexpected error in mobench or a plugin (one line; MOBENCH_DEBUG=1 shows the traceback);
+    130 interrupted (Ctrl-C or SIGTERM; the run's manifest says interrupted and the same command resumes).
+    """
 
 
 @cli.command()

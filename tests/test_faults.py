@@ -377,3 +377,9 @@ def test_limit_beyond_the_prompts_is_capped_with_a_note(tmp_path):
     [run] = list((tmp_path / "toy" / "letters").iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["n_prompts"] == 4 and manifest["config"]["limit"] is None
+
+
+def test_mobench_debug_shows_the_traceback_of_an_unexpected_error(tmp_path):
+    proc = mobench("--plugins-dir", FAULTDIR, "run", "-m", "fails-prepare", "-t", "good", "--results", str(tmp_path),
+                   env={"MOBENCH_DEBUG": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "CUDA is missing [/gpu]" in proc.stderr
