@@ -93,3 +93,92 @@ def test_batched_hypervolume_and_spearman_equal_the_one_at_a_time_functions():
         expected = [controllability(w, s)["spearman"] for s in scores]
         assert np.allclose(spearman_batch(w, scores), expected, equal_nan=True)
         assert math.isnan(spearman_batch(w, scores)[1])
+
+
+# --- edges that mutation testing showed unchecked ----------------------------------------------------
+
+
+def test_mean_and_std_sample_population_and_undefined():
+    from mobench.metrics import mean_and_std, mean_stderr
+
+    assert mean_and_std([1.0, 2.0, 6.0]) == pytest.approx((3.0, math.sqrt(7.0)))  # ddof 1: 14 / 2
+    assert mean_and_std([1.0, 2.0, 6.0], ddof=0) == pytest.approx((3.0, math.sqrt(14.0 / 3)))
+    mean, std = mean_and_std([5.0])
+    assert mean == 5.0 and math.isnan(std)
+    assert mean_and_std([5.0], ddof=0) == (5.0, 0.0)
+    with pytest.raises(ValueError, match="^no values$"):
+        mean_and_std([])
+    assert mean_stderr([1.0, 2.0, 6.0]) == pytest.approx((3.0, math.sqrt(7.0) / math.sqrt(3)))
+    assert math.isnan(mean_stderr([4.0])[1])
+
+
+def test_hypervolume_and_front_edges():
+    assert pareto_front([]) == []
+    assert pareto_front([(1, 1)]) == [0]
+    with pytest.raises(ValueError, match="points have 3 objectives but the reference point has 2"):
+        hypervolume([(1, 2, 3)], (0, 0))
+    with pytest.raises(ValueError, match="2-D"):
+        hypervolume([1, 2], (0, 0))
+    assert hypervolume([(0.0, 5.0), (5.0, 0.0)], (0, 0)) == 0.0  # on the reference's boundary: no volume
+    assert hypervolume([(2, 2)], [0, 0]) == pytest.approx(4.0)  # an int reference point
+
+
+def test_adjacent_pairs_two_and_three_objectives():
+    import numpy as np
+
+    from mobench.metrics import _adjacent_pairs
+
+    w2 = np.array([(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.5, 0.5)])
+    # sorted by w_1: 1, (2, 3 tied), 0; tied points are not a step
+    assert _adjacent_pairs(w2, 0) == [(1, 2), (3, 0)]
+    assert _adjacent_pairs(w2, 1) == [(0, 2), (3, 1)]
+    w3 = np.array([(0.0, 0.0, 1.0), (0.5, 0.0, 0.5), (1.0, 0.0, 0.0), (0.0, 0.5, 0.5), (0.5, 0.5, 0.0), (0.0, 1.0, 0.0)])
+    # one step raises w_i by 1/2 and lowers exactly one other weight by 1/2
+    assert sorted(_adjacent_pairs(w3, 0)) == [(0, 1), (1, 2), (3, 1), (3, 4), (4, 2), (5, 4)]
+    assert sorted(_adjacent_pairs(w3, 2)) == [(1, 0), (2, 1), (3, 0), (4, 1), (4, 3), (5, 3)]
+    assert _adjacent_pairs(np.array([(1 / 3, 1 / 3, 1 / 3)] * 2), 0) == []
+
+
+def test_resample_counts_refuses_nothing_and_allows_one():
+    import numpy as np
+
+    from mobench.metrics import resample_counts
+
+    assert (resample_counts(1, 4, np.random.default_rng(0)) == 1).all()
+    with pytest.raises(ValueError, match="^nothing to resample$"):
+        resample_counts(0, 4, np.random.default_rng(0))
+
+
+def test_percentile_interval_default_is_95_percent():
+    from mobench.metrics import percentile_interval
+
+    assert percentile_interval(list(range(201))) == pytest.approx((5.0, 195.0))
+    assert percentile_interval([1, 2, 3], 0.0) == pytest.approx((2.0, 2.0))
+    lo, hi = percentile_interval([])
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_spearman_batch_shapes_and_edges():
+    import numpy as np
+
+    from mobench.metrics import spearman_batch
+
+    w = [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    with pytest.raises(ValueError, match="replicates, grid points, objectives"):
+        spearman_batch(w, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="replicates, grid points, objectives"):
+        spearman_batch(w, np.zeros((2, 4, 2)))
+    # two grid points: a correlation of two ranks is +-1, as controllability gives
+    two = [(0.0, 1.0), (1.0, 0.0)]
+    s2 = np.array([[(0.0, 1.0), (1.0, 0.0)]])
+    assert spearman_batch(two, s2).tolist() == pytest.approx([controllability(two, s2[0])["spearman"]])
+    # objective 0 constant in replicate 0 only: that replicate's mean is objective 1's rho alone
+    s = np.array([[(1.0, 3.0), (1.0, 1.0), (1.0, 2.0)], [(0.0, 3.0), (1.0, 2.0), (2.0, 1.0)]])
+    got = spearman_batch(w, s)
+    assert got.tolist() == pytest.approx([controllability(w, s[0])["spearman"], controllability(w, s[1])["spearman"]])
+    assert got[0] == pytest.approx(0.5) and got[1] == pytest.approx(1.0)
+    # a constant weight column (one objective never varied) is left out, not a crash
+    flat = [(0.5, 0.5, 0.0), (0.0, 0.5, 0.5), (0.5, 0.0, 0.5)]
+    s3 = np.array([[(1.0, 2.0, 3.0), (0.0, 2.0, 4.0), (1.0, 0.0, 4.0)]])
+    assert spearman_batch(flat, s3).tolist() == pytest.approx([controllability(flat, s3[0])["spearman"]], nan_ok=True)
+    assert spearman_batch([(1.0, 0.0)], np.ones((2, 1, 2))).tolist() == pytest.approx([math.nan, math.nan], nan_ok=True)
