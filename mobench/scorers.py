@@ -35,6 +35,8 @@ class ScoredObjective:
     direction: int
     fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]]
     info: dict[str, Any] = field(default_factory=dict)
+    # Response texts the scorer was fitted on: calibration leaves them out of the task's data responses.
+    trained_on: frozenset = field(default_factory=frozenset, repr=False, compare=False)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """One float per (prompt, response) pair; raises when the two lists differ in length."""
@@ -127,6 +129,54 @@ def pair_differences(pairs: Sequence[tuple[str, str, str]]):
     return chosen - head_features(contexts, [p[2] for p in pairs], ctx_emb)
 
 
+def heldout_split(n: int, heldout_fraction: float = 0.2, rng=None, seed: int = 0):
+    """``(held, train)`` index arrays of :func:`fit_bradley_terry`'s split of ``n`` pairs.
+
+    ``rng`` (a numpy Generator) is advanced as the fit advances it; without one, a fresh
+    ``default_rng(seed)`` gives the split the fit with that seed used.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed) if rng is None else rng
+    order = rng.permutation(n)
+    n_held = max(1, int(round(heldout_fraction * n)))
+    return order[:n_held], order[n_held:]
+
+
+@dataclass(frozen=True)
+class LengthBaseline:
+    """The length-only predictor of a head's pairs: "longer wins" or "shorter wins", chosen on the training
+    pairs, and its accuracy on the held-out pairs (a tie in words counts as half right: a coin flip)."""
+
+    rule: str
+    heldout_accuracy: float
+    train_accuracy: float
+    n_heldout: int
+
+
+def length_baseline(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0) -> LengthBaseline:
+    """The length-only baseline on exactly the held-out pairs of the head fitted with ``seed`` (words count)."""
+    held, train = heldout_split(len(pairs), heldout_fraction, seed=seed)
+
+    def accuracy(indices, sign: int) -> float:
+        right = 0.0
+        for i in indices:
+            d = sign * (word_count(pairs[i][1]) - word_count(pairs[i][2]))
+            right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+        return right / max(1, len(indices))
+
+    longer, shorter = accuracy(train, 1), accuracy(train, -1)
+    sign = 1 if longer >= shorter else -1
+    return LengthBaseline("longer wins" if sign > 0 else "shorter wins", accuracy(held, sign), max(longer, shorter), len(held))
+
+
+def heldout_responses(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0) -> tuple[frozenset, frozenset]:
+    """``(trained_on, held_out)``: the response texts of the head's training pairs and of its held-out pairs."""
+    held, train = heldout_split(len(pairs), heldout_fraction, seed=seed)
+    seen = frozenset(t for i in train for t in pairs[i][1:])
+    return seen, frozenset(t for i in held for t in pairs[i][1:]) - seen
+
+
 def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: float = 0.2, seed: int = 0,
                       diff=None) -> HeadFit:
     """Fit a linear Bradley-Terry head on ``(context, chosen, rejected)`` pairs; report held-out accuracy.
@@ -145,9 +195,7 @@ def fit_bradley_terry(pairs: Sequence[tuple[str, str, str]], heldout_fraction: f
         raise MobenchError(f"a Bradley-Terry head needs at least 20 pairs, got {len(pairs)}")
     diff = pair_differences(pairs) if diff is None else diff
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pairs))
-    n_held = max(1, int(round(heldout_fraction * len(pairs))))
-    held, train = order[:n_held], order[n_held:]
+    held, train = heldout_split(len(pairs), heldout_fraction, rng)
     sign = np.where(rng.random(len(train)) < 0.5, 1.0, -1.0)
     X = diff[train] * sign[:, None]
     y = (sign > 0).astype(int)

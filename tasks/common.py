@@ -19,6 +19,10 @@ from mobench.tasks.data import RawPair, seeded_order
 
 TINY_POLICY = "smollm2-135m-instruct"
 PAPER_POLICY = "Qwen/Qwen2.5-7B-Instruct"
+# Points per edge of the weight simplex, the same for every method on a task: at least 5 at tiny scale
+# (the corners, the middle and the quarter points of a 2-objective edge) and 11 at paper scale (steps of 0.1).
+TINY_GRID_POINTS = 5
+PAPER_GRID_POINTS = 11
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,13 @@ class ScaleConfig:
 
 
 def tiny_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
-    """The tiny scale: SmolLM2-135M-Instruct on a CPU, a 3-point grid, greedy decoding in batches of 8."""
-    return ScaleConfig(TINY_POLICY, n_prompts, prompt_limit, 3, Generation(max_new_tokens, False, 1.0, 8))
+    """The tiny scale: SmolLM2-135M-Instruct on a CPU, a 5-point grid, greedy decoding in batches of 8."""
+    return ScaleConfig(TINY_POLICY, n_prompts, prompt_limit, TINY_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 8))
 
 
 def paper_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
     """The paper scale: Qwen2.5-7B-Instruct, an 11-point grid, greedy decoding in batches of 32."""
-    return ScaleConfig(PAPER_POLICY, n_prompts, prompt_limit, 11, Generation(max_new_tokens, False, 1.0, 32))
+    return ScaleConfig(PAPER_POLICY, n_prompts, prompt_limit, PAPER_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 32))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from mobench.scorers import (
     BradleyTerryScorer,
     ScoredObjective,
     SequenceClassifierScorer,
+    heldout_responses,
+    length_baseline,
     length_scores,
     sentiment_scores,
     toxicity_scores,
@@ -123,17 +125,24 @@ def head_folder(name: str):
 def _head_objective(name: str) -> ScoredObjective:
     folder = head_folder(name)
     scorer = BradleyTerryScorer(folder, HEADS[name].prompt_context)
+    pairs = head_pairs(name)
+    baseline = length_baseline(pairs, seed=HEAD_SEED)
+    trained_on, _ = heldout_responses(pairs, seed=HEAD_SEED)
     info: dict[str, Any] = {
         "scorer": "bradley-terry head on all-MiniLM-L6-v2",
         "features": scorer.meta["features"],
         "heldout_accuracy": scorer.meta["heldout_accuracy"],
         "n_train": scorer.meta["n_train"],
         "n_heldout": scorer.meta["n_heldout"],
+        # The same held-out pairs judged by length alone ("longer wins" or "shorter wins", whichever was
+        # right more often on the training pairs; a tie counts half): how much of the head is length.
+        "length_baseline_accuracy": baseline.heldout_accuracy,
+        "length_baseline_rule": baseline.rule,
         "l2_C": scorer.meta["C"],
         "data": [SOURCES.provenance(s) for s in HEADS[name].sources],
         "artifact": str(folder),
     }
-    return ScoredObjective(name, OBJECTIVES[name].direction, scorer, info)
+    return ScoredObjective(name, OBJECTIVES[name].direction, scorer, info, trained_on=trained_on)
 
 
 def _hub_objective(name: str) -> ScoredObjective:

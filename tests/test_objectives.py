@@ -33,6 +33,40 @@ def test_other_heads_beat_0_60_on_held_out_pairs(name, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["helpful", "harmless"])
+def test_hh_heads_beat_their_length_only_baseline_by_a_clear_margin(name, data_dir):
+    from mobench.scorers import length_baseline
+    from mobench.tasks.objectives import HEAD_SEED, head_pairs
+
+    prov = build_objective(name, "tiny").provenance()
+    base = length_baseline(head_pairs(name), seed=HEAD_SEED)
+    # the baseline is scored on exactly the head's held-out pairs, and is in the objective's provenance
+    assert base.n_heldout == prov["n_heldout"] and prov["length_baseline_accuracy"] == base.heldout_accuracy
+    assert prov["length_baseline_rule"] in ("longer wins", "shorter wins")
+    assert prov["heldout_accuracy"] >= prov["length_baseline_accuracy"] + 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the GPT-4-judged TL;DR pairs are mostly length: no MiniLM head found "
+                   "beats 'longer wins' by 0.05 (log-words dropped, length-residualised, overlap features, "
+                   "length-matched pairs, SummEval pairs added: all within 0.04 of it)")
+def test_quality_head_beats_its_length_only_baseline_by_a_clear_margin(data_dir):
+    prov = build_objective("quality", "tiny").provenance()
+    assert prov["length_baseline_rule"] == "longer wins"
+    assert prov["heldout_accuracy"] >= prov["length_baseline_accuracy"] + 0.05
+
+
+def test_trained_on_holds_the_training_pairs_responses_only():
+    from mobench.scorers import heldout_responses, heldout_split
+
+    pairs = [("c", f"good {i}", f"bad {i}") for i in range(50)]
+    trained, held = heldout_responses(pairs, seed=3)
+    h, t = heldout_split(len(pairs), seed=3)
+    assert trained == {r for i in t for r in pairs[i][1:]} and held == {r for i in h for r in pairs[i][1:]}
+    assert len(trained) == 80 and not trained & held
+
+
+@pytest.mark.slow
 def test_head_objective_scores_templated_prompts_like_the_plain_dialogue(smol_tokenizer, data_dir):
     from mobench.tasks.chats import to_transcript
 

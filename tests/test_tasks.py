@@ -28,15 +28,32 @@ def hh_tiny(data_dir):
     return _loaded("hh", RunContext())
 
 
+def _assert_box_rule(task):
+    """The committed calibration follows the rule: each objective's reference point lies MARGIN_Z below the
+    worse end of its recorded range, which holds both sources' 5-95% ranges, and the z of the data's and
+    the reference policy's 5% quantiles are inside the box."""
+    path = calibration.calibration_path(_spec(task.name))
+    record = json.loads(path.read_text())["scales"][task.scale]
+    for name, ref in zip(task.objective_names, task.reference_point):
+        stat, norm = record["objectives"][name], task.normalisation[name]
+        d = stat["direction"]
+        assert (norm.mean, norm.std) == (stat["mean"], stat["std"]) and norm.std > 0
+        assert ref == pytest.approx(min(stat["range_z"]) - calibration.MARGIN_Z)
+        for source in ("data", "reference"):
+            q = stat["sources"][source]
+            worse = q["q05"] if d == 1 else q["q95"]
+            assert norm.apply(worse, d) > ref and q["n"] >= 32
+
+
 @pytest.mark.slow
 def test_hh_tiny_is_complete_and_consistent(hh_tiny):
     task = hh_tiny
-    assert (task.name, task.scale, task.policy, task.grid_points) == ("hh", "tiny", "smollm2-135m-instruct", 3)
+    assert (task.name, task.scale, task.policy, task.grid_points) == ("hh", "tiny", "smollm2-135m-instruct", 5)
     assert task.objective_names == ["helpful", "harmless"]
     assert len(task.prompts) == 32 and len(set(task.prompts)) == 32
     assert all(p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n") for p in task.prompts)
     assert set(task.normalisation) == {"helpful", "harmless"} and all(n.std > 0 for n in task.normalisation.values())
-    assert task.reference_point == (-1.0, -1.0)
+    _assert_box_rule(task)
     assert set(task.generation.to_dict()) == {"max_new_tokens", "do_sample", "temperature", "batch_size"}
     assert len(task.pairs["harmless"]) == 2070 and len(task.pairs["helpful"]) == 422
     train_prompts = {p.prompt for pairs in task.pairs.values() for p in pairs}
@@ -64,9 +81,14 @@ def test_calibration_is_reproducible_from_the_reference_policy(hh_tiny):
                                generation=dataclasses.replace(hh_tiny.generation, max_new_tokens=12, batch_size=4))
     first, second = calibration.calibrate(mini, device="cpu"), calibration.calibrate(mini, device="cpu")
     assert first["objectives"] == second["objectives"] and first["prompts_sha256"] == second["prompts_sha256"]
-    assert first["reference_point"] == [-1.0, -1.0]
-    # The statistics are those of the reference responses: the mean z of those responses is 0.
-    assert all(stat["std"] > 0 for stat in first["objectives"].values())
+    # The reference policy's responses sit at z = 0 on average; the reference point below every source's 5% quantile.
+    responses = calibration.reference_responses(mini, device="cpu")
+    for o, ref in zip(mini.objectives, first["reference_point"]):
+        stat = first["objectives"][o.name]
+        z = [o.direction * (s - stat["mean"]) / stat["std"] for s in o.score(mini.prompts, responses)]
+        assert sum(z) / len(z) == pytest.approx(0, abs=1e-9) and stat["std"] > 0
+        assert ref < min(stat["range_z"]) and stat["sources"]["data"]["n"] > 100
+    assert first["data_responses"]["n"] > 100
 
 
 @pytest.mark.slow
@@ -74,7 +96,11 @@ def test_summarize_tiny_loads_with_quality_and_brevity(data_dir):
     task = _loaded("summarize", RunContext())
     assert task.objective_names == ["quality", "brevity"] and [o.direction for o in task.objectives] == [1, -1]
     assert len(task.prompts) == 32 and all("TL;DR summary" in p for p in task.prompts)
-    assert task.reference_point == (-1.0, -1.0) and task.normalisation["brevity"].mean > 0
+    assert task.normalisation["brevity"].mean > 0
+    _assert_box_rule(task)
+    # Brevity is a word count with direction -1: fewer words give a higher z.
+    brevity = task.normalisation["brevity"]
+    assert brevity.apply(10.0, -1) > brevity.apply(30.0, -1)
     assert len(task.pairs["quality"]) == 1000 and len(task.pairs["brevity"]) > 300
     assert not {p.prompt for ps in task.pairs.values() for p in ps} & set(task.prompts)
 
@@ -99,7 +125,8 @@ def test_calibration_files_are_committed_for_tiny():
         path = calibration.calibration_path(_spec(task))
         assert path.parent.name == "tasks" and path.name == f"{task}.json"
         record = json.loads(path.read_text())["scales"]["tiny"]
-        assert record["reference_point"] == [-1.0, -1.0] and record["n_prompts"] == 32
+        assert record["n_prompts"] == 32 and record["rule"] == calibration.RULE
+        assert len(record["reference_point"]) == len(record["objective_names"])
 
 
 def test_unknown_scale_and_offline_paper_policy_are_clear_errors(data_dir):
@@ -131,6 +158,12 @@ def test_objectives_eval_command_prints_held_out_accuracies(data_dir):
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()}
     assert "held-out" in lines["harmless"] and float(lines["harmless"].split()[2]) > 0.60
+    # Beside it, the length-only baseline on the same held-out pairs and the correlation with length.
+    assert "length-only" in lines["harmless"] and "spearman(words)" in lines["harmless"]
+    for name in ("helpful", "harmless"):
+        fields = lines[name].split()
+        accuracy, baseline = float(fields[2]), float(fields[fields.index("length-only") + 1])
+        assert 0.4 < baseline < accuracy - 0.05  # each hh head beats length alone by a clear margin
     from mobench.cli import cli as mobench_cli
 
     assert "calibrate" in mobench_cli.commands  # a core command now, for every task
