@@ -103,7 +103,10 @@ def test_third_party_task_is_calibrated_by_the_core_and_runs(installed, tmp_path
     for name, stat in record["objectives"].items():
         assert math.isfinite(stat["mean"]) and math.isfinite(stat["std"]) and stat["std"] > 0, (name, stat)
         assert stat["direction"] == -1  # as registered by the built-in objective plugin
-    assert record["reference_point"] == [-1.0, -1.0]
+    # the core's rule: two robust units below the low end of the observed range, on every objective
+    margin = record["rule_parameters"]["margin_z"]
+    expected = [record["objectives"][n]["range_z"][0] - margin for n in record["objective_names"]]
+    assert record["reference_point"] == pytest.approx(expected) and all(math.isfinite(x) for x in expected)
 
     # The runner attaches that calibration: a method (the README's example plugin) runs on the task.
     results = tmp_path / "results"
@@ -112,7 +115,7 @@ def test_third_party_task_is_calibrated_by_the_core_and_runs(installed, tmp_path
     assert proc.returncode == 0, proc.stderr
     [run] = list((results / "tinytask" / "prompted").iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["reference_point"] == [-1.0, -1.0]
+    assert manifest["reference_point"] == pytest.approx(record["reference_point"])
     assert manifest["normalisation"] == {name: {"mean": s["mean"], "std": s["std"]} for name, s in record["objectives"].items()}
     assert manifest["task_provenance"]["calibration_file"] == str(path)
     assert manifest["plugins"]["versions"]["tinytask"] == "0.2.0"
