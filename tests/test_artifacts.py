@@ -1,6 +1,6 @@
 """The artifact cache: keys (canonical, code version included), atomic rename, and the lock across processes.
 
-Processes synchronise on files and events, never on sleeps: a builder signals that it is inside ``build``
+Processes (forked: under mutmut the children run the mutated code too) synchronise on events, never on sleeps: a builder signals that it is inside ``build``
 and waits to be released, so the test can look at the cache while a build is half done, start a second
 process on the same key, or SIGKILL the builder mid-write.
 """
@@ -56,20 +56,28 @@ def _complete(path: Path) -> bool:
     return all((path / f"part{i}.txt").read_text() == f"{i}\n" * 1000 for i in range(PARTS))
 
 
+def _started(event, proc) -> bool:
+    """Wait until ``event`` is set, failing at once if ``proc`` died first (no time limit to tune)."""
+    while not event.wait(0.05):
+        if not proc.is_alive():
+            pytest.fail(f"the builder exited (code {proc.exitcode}) before it started building")
+    return True
+
+
 def _spawn(target, *args):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     proc = ctx.Process(target=target, args=args)
     proc.start()
     return proc
 
 
 def test_two_processes_build_one_key_once_and_never_see_half(cache, tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     log = str(tmp_path / "builds.log")
     started_a, release_a, started_b, release_b = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
     results = ctx.Queue()
     a = _spawn(_builder, str(cache), log, started_a, release_a, results)
-    assert started_a.wait(120)
+    assert _started(started_a, a)
     # A is half way through its build: nothing is visible under the final name
     build = _make_build(log, started_a, release_a)  # the same code version as A's
     final = artifact_path("thing", KEY, build)
@@ -91,11 +99,11 @@ def test_two_processes_build_one_key_once_and_never_see_half(cache, tmp_path):
 
 
 def test_a_builder_killed_mid_write_leaves_nothing_and_frees_the_lock(cache, tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     log = str(tmp_path / "builds.log")
     started, release, results = ctx.Event(), ctx.Event(), ctx.Queue()
     a = _spawn(_builder, str(cache), log, started, release, results)
-    assert started.wait(120)  # half the parts written, the lock held
+    assert _started(started, a)  # half the parts written, the lock held
     os.kill(a.pid, signal.SIGKILL)
     a.join(60)
     assert a.exitcode == -signal.SIGKILL
@@ -103,8 +111,10 @@ def test_a_builder_killed_mid_write_leaves_nothing_and_frees_the_lock(cache, tmp
     final = artifact_path("thing", KEY, build)
     assert not final.exists() and not is_built("thing", KEY, build)
     # the kernel released A's lock: a fresh build in this process goes through and is complete
-    release.set()
-    got = get_or_build("thing", KEY, build)
+    # (with fresh events: A died waiting on ``release``, which leaves that event's condition unusable)
+    go = ctx.Event()
+    go.set()
+    got = get_or_build("thing", KEY, _make_build(log, ctx.Event(), go))
     assert got == final and _complete(final) and len(Path(log).read_text().split()) == 2
 
 
