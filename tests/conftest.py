@@ -51,17 +51,27 @@ def _session_cache() -> Path:
 
 
 def _mutmut_plugins() -> None:
-    """Under mutmut (run from its ``mutants/`` copy), load the methods from the mutated copy of plugins/.
+    """Under mutmut (run from its ``mutants/`` copy), the methods are the mutated copy of plugins/.
 
-    The editable install maps ``mobench.methods`` to the checkout's plugins/ folder; mutmut puts ``mutants/``
-    first on sys.path, which covers ``mobench`` but not that mapping.
+    The editable install maps ``mobench.methods`` to the checkout's plugins/ folder, and mutmut's trampolines
+    know the mutated modules by their file's name (``plugins.mage.guidance``): import them under that name
+    and alias each as ``mobench.methods...`` so that the tests' imports reach the mutants.
     """
+    import importlib
+    import sys
+
     here = Path.cwd()
     if here.name != "mutants" or not (here / "plugins" / "__init__.py").exists():
         return
-    import mobench.methods
+    for path in sorted((here / "plugins").rglob("*.py")):
+        parts = list(path.relative_to(here).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(parts)
+        sys.modules["mobench.methods" + name[len("plugins"):]] = importlib.import_module(name)
+    import mobench
 
-    mobench.methods.__path__[:] = [str(here / "plugins")] + [p for p in mobench.methods.__path__ if p != str(here / "plugins")]
+    mobench.methods = sys.modules["mobench.methods"]
 
 
 _mutmut_plugins()
