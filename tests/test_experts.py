@@ -127,7 +127,11 @@ def test_expert_trains_once_and_is_reused(cache, tmp_path, data_dir, smol_tokeni
     def no_training(*args, **kwargs):
         raise AssertionError("expert was retrained")
 
-    monkeypatch.setattr(dpo, "_train", no_training)
+    # trl is patched, not mobench's _train: the cache key holds the code version of mobench's build code,
+    # so replacing _train would (rightly) be a different artifact
+    import trl
+
+    monkeypatch.setattr(trl, "DPOTrainer", no_training)
     again = dpo.load_experts(task.policy, micro_task(data_dir, task.policy).pairs, micro_budget(), RunContext(seed=0, device="cpu"), ["harmless"])
     assert again == {"harmless": path}
 

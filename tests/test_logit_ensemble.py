@@ -35,7 +35,11 @@ def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch,
     def no_training(*args, **kwargs):
         raise AssertionError("an expert was retrained")
 
-    monkeypatch.setattr(dpo, "_train", no_training)
+    # trl is patched, not mobench's _train: the cache key holds the code version of mobench's build code,
+    # so replacing _train would (rightly) be a different artifact
+    import trl
+
+    monkeypatch.setattr(trl, "DPOTrainer", no_training)
     soups = RewardedSoups(RewardedSoups.Options(experts=experts))
     soups.prepare(task, RunContext(seed=0, device="cpu"))
     assert soups.experts == method.experts
