@@ -197,3 +197,8 @@ def test_bone_soup_coefficients_solve_the_transposed_system(mu, t, data):
     assert np.allclose(B.T @ (c / np.asarray(k)), mu, atol=1e-9)
     plain = np.asarray(bone_soup_coefficients(mu, b))
     assert np.allclose(plain, c / np.asarray(k), atol=1e-9) and plain.sum() == pytest.approx(1.0)
+
+
+@given(finite, finite, st.floats(min_value=1e-3, max_value=1e3))
+def test_normalisation_direction_defaults_to_plus_one(score, mean, std):
+    assert Normalisation(mean, std).apply(score) == Normalisation(mean, std).apply(score, 1)
