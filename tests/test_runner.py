@@ -53,6 +53,22 @@ def test_score_point_applies_each_objectives_direction_mean_and_std():
     assert means["letters"] == 15.0 and z["letters"] == pytest.approx((15.0 - 10.0) / 4.0)
 
 
+def test_score_point_hands_each_objective_the_prompts_with_their_responses():
+    class PromptLength:
+        name, direction = "prompt-length", 1
+
+        def score(self, prompts, responses):
+            return [float(len(p)) for p in prompts]
+
+        def provenance(self):
+            return {}
+
+    task = TaskInstance(name="t", scale="tiny", policy="none", objectives=[PromptLength()], prompts=["ab", "abcd"],
+                        normalisation={"prompt-length": Normalisation(0.0, 1.0)}, reference_point=(-1.0,))
+    means, _, _, items = score_point(task, ["ab", "abcd"], ["x", "y"])
+    assert means == {"prompt-length": 3.0} and items == [{"prompt-length": 2.0}, {"prompt-length": 4.0}]
+
+
 def test_a_run_writes_direction_aware_z_scores(tmp_path):
     from mobench import hookimpl
 
