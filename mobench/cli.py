@@ -162,17 +162,14 @@ def parse_option_items(items) -> dict[str, str]:
 def options_cmd(ctx, method, scale, fmt):
     """List METHOD's options: key, type, value at --scale, default, and what it does."""
     from mobench.api import SCALES
-    from mobench.options import options_class
+    from mobench.runner import build_options
 
     if scale not in SCALES:
         raise MobenchError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     spec = _registry(ctx).method(method)
-    cls = options_class(spec.factory)
-    if cls is None:
-        rows = []
-    else:
-        at_scale = cls.preset(scale).replace(spec.fixed, owner=spec.name) if spec.fixed else cls.preset(scale)
-        rows = [{**row, "value": at_scale.get(row["key"])} for row in cls.describe(scale)]
+    # The values a run would use: the runner's own resolution (preset, then the registration's fixed values).
+    at_scale = build_options(spec, scale, {})
+    rows = [] if at_scale is None else [{**row, "value": at_scale.get(row["key"])} for row in type(at_scale).describe(scale)]
     if fmt == "json":
         click.echo(json.dumps({"method": method, "scale": scale, "options": rows}, indent=2, default=str))
         return
