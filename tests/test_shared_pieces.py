@@ -43,5 +43,7 @@ def test_a_method_from_shared_pieces_trains_experts_and_switches_between_them(tm
     for g in gens:
         by_point.setdefault(g["preference_key"], []).append(g["response"])
     assert len(by_point) == 3 and all(len(v) == 3 for v in by_point.values())
-    # the tie (0.5, 0.5) goes to the last objective with prefer_last: the same expert as w = (0, 1)
+    # each point decoded with the expert of its largest weight; the tie goes to the last with prefer_last
+    chosen = manifest["method_provenance"]["chosen"]
+    assert chosen == {"0.000000,1.000000": "sentiment", "0.500000,0.500000": "sentiment", "1.000000,0.000000": "brevity"}
     assert by_point["0.500000,0.500000"] == by_point["0.000000,1.000000"]

@@ -40,13 +40,19 @@ class ExpertSwitch(ExpertsMethod):
         task, context = self.prepared()
         self.check_preferences(preferences)
         names = list(self.experts)
+        self.chosen = getattr(self, "chosen", {})
         out = []
         for p in preferences:
             order = range(len(names))
             best = max(order, key=lambda i: (p[i], i if self.options.prefer_last else -i))
+            self.chosen[p.key] = names[best]
             self.model.set_adapter(names[best])
             out.append(generate_for_task(self.model, self.tokenizer, prompts, task.generation, context, f"switch {names[best]}"))
         return out
+
+
+    def provenance(self):
+        return {**super().provenance(), "chosen": dict(getattr(self, "chosen", {}))}
 
 
 def load_micro(scale, context):
