@@ -7,8 +7,10 @@ without loading any model.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
 SCALES = ("tiny", "paper")
 
@@ -165,12 +167,16 @@ class TaskInstance:
     generation: Generation = field(default_factory=Generation)
     provenance: dict[str, Any] = field(default_factory=dict)
     chats: list[Chat] = field(default_factory=list)
+    validation_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.generation = Generation.of(self.generation)
         self.reference_point = tuple(float(x) for x in self.reference_point)
         if self.chats and len(self.chats) != len(self.prompts):
             raise MobenchError(f"task {self.name!r}: {len(self.chats)} chats for {len(self.prompts)} prompts")
+        shared = set(self.validation_prompts) & set(self.prompts)
+        if shared:
+            raise MobenchError(f"task {self.name!r}: {len(shared)} validation prompts are also evaluation prompts")
 
     def validate(self) -> None:
         """MobenchError (one line) unless the instance is coherent: objective names follow
@@ -270,11 +276,23 @@ class Method:
     scale; ``mobench options NAME`` lists it), else as ``factory()``. The registered name is set on
     ``name`` by the core. ``batch_preferences = True`` asks the runner to pass every missing grid point to
     one ``generate`` call (methods that decode all points in one batch); else it passes one at a time.
+
+    Offline cost is a result: the runner records the seconds of ``prepare`` and, apart from decoding, the
+    offline work a method does inside ``generate`` (a policy trained per preference), which the method
+    wraps in ``with self.offline():``; ``self.offline(evaluations=n)`` also counts n fitness or
+    calibration evaluations (or add to ``offline_evaluations`` directly).
     """
 
     name: str = "method"
     batch_preferences: bool = False
+    #: True for a method that trains one policy per preference (MORLHF, MODPO: every
+    #: :class:`mobench.training.PolicyPerPreference`): ``mobench sweep`` then splits its grid across jobs.
+    trains_per_preference: ClassVar[bool] = False
     Options: ClassVar[type | None] = None
+    #: Seconds of offline work done inside ``generate`` so far (``prepare`` is timed by the runner).
+    offline_seconds: float = 0.0
+    #: Offline evaluations so far (fitness calls, calibration passes, reward-model scorings of a search).
+    offline_evaluations: int = 0
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else (type(self).Options() if type(self).Options else None)
@@ -299,6 +317,16 @@ class Method:
         Called after ``prepare`` and again after the last ``generate`` (per-point policies are known then).
         """
         return {"method": self.name, "options": _options_dict(self.options)}
+
+    @contextmanager
+    def offline(self, evaluations: int = 0) -> Iterator[None]:
+        """Count the enclosed work as offline cost (seconds, and ``evaluations`` evaluations), not decoding."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.offline_seconds += time.perf_counter() - started
+            self.offline_evaluations += int(evaluations)
 
     def prepared(self) -> tuple[TaskInstance, RunContext]:
         """``(task, context)``, or a MobenchError when ``generate`` is called before ``prepare``."""

@@ -95,6 +95,11 @@ class Entry:
     ends: dict[str, dict[str, float]]
     wall_seconds: float
     status: str
+    # Offline cost (prepare, plus training done inside generate) apart from decoding and scoring, seconds
+    # per seed run (mean over seeds); offline_evaluations: fitness/calibration evaluations the method counted.
+    offline_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    offline_evaluations: int = 0
     weights: list[list[float]] = field(default_factory=list)
     normalised: list[list[float]] = field(default_factory=list)
     front: list[int] = field(default_factory=list)
@@ -517,8 +522,12 @@ def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: 
         corner = [p for p in range(len(keys)) if abs(weights[p, i] - 1.0) < 1e-9]
         if corner:
             ends[f"w={name}"] = {n: float(raw[corner[0], j]) for j, n in enumerate(names)}
-    wall = float(np.mean([
-        _seconds(r.manifest.get("prepare_seconds")) + sum(_seconds(row.get("wall_seconds")) for row in r.run.rows())
+    offline = float(np.mean([
+        _seconds(r.manifest.get("prepare_seconds")) + sum(_seconds(row.get("offline_seconds")) for row in r.run.rows())
+        for r in runs
+    ]))
+    decode = float(np.mean([
+        sum(_seconds(row.get("wall_seconds")) - _seconds(row.get("offline_seconds")) for row in r.run.rows())
         for r in runs
     ]))
     return Entry(
@@ -535,7 +544,10 @@ def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: 
         monotone=monotone,
         objectives=names,
         ends=ends,
-        wall_seconds=wall,
+        wall_seconds=offline + decode,
+        offline_seconds=offline,
+        decode_seconds=decode,
+        offline_evaluations=int(np.mean([int(r.manifest.get("offline_evaluations") or 0) for r in runs])),
         status="complete" if all(r.manifest.get("status") == "complete" for r in runs) else
         next(r.manifest.get("status", "unknown") for r in runs if r.manifest.get("status") != "complete"),
         weights=[[float(w) for w in row] for row in weights],

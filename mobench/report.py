@@ -21,7 +21,7 @@ from mobench.store import strict as _strict
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 _ONE_METHOD = "only one method has runs on this board: nothing to compare"
-_RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "wall s",
+_RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "offline s", "decode s",
           "HV difference", "95% CI")
 
 
@@ -51,7 +51,7 @@ def _headers(board: Board) -> list[str]:
     joined = "/".join(names)
     return [
         "rank", "method", "hypervolume [95% CI]", "≈ ranks", "front", "spearman [95% CI]", "monotone",
-        *[f"{joined} at w={n}" for n in names], "points", "seeds", "wall s", "run",
+        *[f"{joined} at w={n}" for n in names], "points", "seeds", "offline s", "decode s", "run",
     ]
 
 
@@ -61,8 +61,14 @@ def _cells(e: Entry) -> list[str]:
         str(e.rank), e.label, _with_ci(e.hypervolume, e.hypervolume_ci, 4, 3),
         ", ".join(map(str, e.not_separable_from)) or "-", f"{e.front_size}/{e.points}",
         _with_ci(e.spearman, e.spearman_ci, 2), _fmt(e.monotone, 2), *_ends_text(e),
-        points, str(e.n_seeds), f"{e.wall_seconds:.0f}", e.run_id,
+        points, str(e.n_seeds), _offline_text(e), f"{e.decode_seconds:.0f}", e.run_id,
     ]
+
+
+def _offline_text(e: Entry) -> str:
+    """Offline seconds of the run (prepare + training inside generate), with the evaluations it counted."""
+    text = f"{e.offline_seconds:.0f}"
+    return text + (f" ({e.offline_evaluations} evals)" if e.offline_evaluations else "")
 
 
 def _title(board: Board, what: str = "leaderboard") -> str:

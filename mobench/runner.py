@@ -210,8 +210,19 @@ def execute(
     context: RunContext,
     resume: str | None = None,
     on_event: Callable[[str], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    prepare_only: bool = False,
+    claim_owner: str | None = None,
 ) -> RunResult:
-    """Run ``config`` into ``store``: load the task, prepare the method, fill the missing grid points."""
+    """Run ``config`` into ``store``: load the task, prepare the method, fill the missing grid points.
+
+    ``shard=(i, n)`` computes only the grid points whose index in the full grid is i modulo n (the run id,
+    manifest and store are the full grid's: n shards side by side fill one run). ``prepare_only`` loads the
+    task and prepares the method (training what it trains) without writing anything to the store; the
+    result says how many points are still missing. ``claim_owner`` names the owner of this process's grid
+    point claims (default: a fresh attempt id): a requeued cluster job passes its job id, so it takes
+    back the points its pre-empted run had claimed instead of waiting for the claims to expire.
+    """
     say = on_event or (lambda message: None)
     validate(config, registry)
     if resume is not None:
@@ -263,9 +274,24 @@ def execute(
     done = run.done_keys() if existing is not None else set()
     missing = [p for p in preferences if p.key not in done]
     result = RunResult(run=run, computed=0, skipped=len(preferences) - len(missing), total=len(preferences))
-    if existing is not None and not missing and existing.get("status") == "complete":
+    if shard is not None:
+        index, count = shard
+        if not (count >= 1 and 0 <= index < count):
+            raise MobenchError(f"--shard {index}/{count}: the shard index must lie in 0..{count - 1}")
+        share = {p.key for j, p in enumerate(preferences) if j % count == index}
+        missing = [p for p in missing if p.key in share]
+        result.skipped, result.total = len(share) - len(missing), len(share)
+    if not missing and (shard is not None or (existing is not None and existing.get("status") == "complete")):
         # Nothing to do and nothing to record: the store is left as it is (a read-only store included).
-        say(f"all {len(preferences)} grid points already in {run.path}")
+        if existing is not None and existing.get("status") != "complete" and {p.key for p in preferences} <= done:
+            run.set_status("complete", finished_at=_now())
+        say(f"all {result.total} grid points already in {run.path}")
+        return result
+    if prepare_only:
+        if missing:
+            say(f"preparing {config.method}")
+            seed_everything(config.seed)
+            build_method(method_spec, options).prepare(task, context)
         return result
     store.ensure()
     if existing is not None:
@@ -313,16 +339,28 @@ def execute(
         return result
 
     try:
-        _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say)
+        _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say, claim_owner)
     except KeyboardInterrupt:
         _record_end(run, "interrupted", "interrupted (Ctrl-C or SIGTERM); rerun the same command to resume")
         raise
     except BaseException as err:  # recorded, then raised again: the CLI prints the one line
         _record_end(run, "failed", f"{type(err).__name__}: {err}" if not isinstance(err, MobenchError) else str(err))
         raise
-    complete = len(run.done_keys() & {p.key for p in preferences}) == len(preferences)
-    run.set_status("complete" if complete else "partial", finished_at=_now())
+    _record_outcome(run, preferences)
     return result
+
+
+def _record_outcome(run: RunDir, preferences: list[Preference]) -> None:
+    """Mark the run complete when every grid point has its row, else partial.
+
+    Shards of one run finish side by side: one that writes "partial" looks again, so whichever shard
+    ends last leaves "complete" (its rows precede its own check).
+    """
+    grid = {p.key for p in preferences}
+    complete = grid <= run.done_keys()
+    run.set_status("complete" if complete else "partial", finished_at=_now())
+    if not complete and grid <= run.done_keys():
+        run.set_status("complete", finished_at=_now())
 
 
 def _process() -> dict[str, Any]:
@@ -340,7 +378,8 @@ def _record_end(run: RunDir, status: str, reason: str) -> None:
         pass
 
 
-def _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say) -> None:
+def _fill(run, result, config, method_spec, options, task, prompts, preferences, missing, context, say,
+          claim_owner=None) -> None:
     """Prepare the method and compute the missing grid points, appending each as it is scored."""
     say(f"preparing {config.method}")
     method = build_method(method_spec, options)
@@ -348,9 +387,11 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
     started = time.perf_counter()
     method.prepare(task, context)
     prepare_seconds = time.perf_counter() - started
-    run.update_manifest(method_provenance=method.provenance(), prepare_seconds=prepare_seconds)
+    run.update_manifest(method_provenance=method.provenance(), prepare_seconds=prepare_seconds,
+                        offline_evaluations=int(getattr(method, "offline_evaluations", 0)))
 
     attempt = uuid.uuid4().hex[:12]
+    owner = claim_owner or attempt
     batched = bool(getattr(method, "batch_preferences", False))
     ttl = float(os.environ.get("MOBENCH_CLAIM_TTL", CLAIM_TTL))
     point_step = context.progress.step("grid points", total=len(missing)) if context.progress else None
@@ -362,7 +403,7 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
             if not pending:
                 break
             # Claim before computing: concurrent runs of this command split the grid instead of both computing it.
-            got = set(run.claim([p.key for p in pending], attempt, ttl, limit=None if batched else 1))
+            got = set(run.claim([p.key for p in pending], owner, ttl, limit=None if batched else 1))
             if not got:
                 if not waiting:
                     say(f"waiting for {len(pending)} grid point(s) another run is computing")
@@ -374,8 +415,11 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
             _reset_cuda_peak()
             seed_everything(config.seed)
             t0 = time.perf_counter()
+            offline_before = float(getattr(method, "offline_seconds", 0.0))
             responses = method.generate(prompts, batch)
-            generation_seconds = (time.perf_counter() - t0) / len(batch)
+            # Offline work inside generate (a policy trained per preference) is recorded apart from decoding.
+            offline_seconds = (float(getattr(method, "offline_seconds", 0.0)) - offline_before) / len(batch)
+            generation_seconds = (time.perf_counter() - t0) / len(batch) - offline_seconds
             if not isinstance(responses, (list, tuple)) or len(responses) != len(batch) or any(
                     not isinstance(r, (list, tuple)) or len(r) != len(prompts) for r in responses):
                 raise MobenchError(f"method {config.method!r} returned a wrong number of responses "
@@ -396,7 +440,8 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
                     "n": len(prompts),
                     "generation_seconds": generation_seconds,
                     "scoring_seconds": scoring_seconds,
-                    "wall_seconds": generation_seconds + scoring_seconds,
+                    "offline_seconds": offline_seconds,
+                    "wall_seconds": offline_seconds + generation_seconds + scoring_seconds,
                     "batched_points": len(batch),
                     **_peak_memory_mb(context.device),
                     "attempt": attempt,
@@ -420,13 +465,14 @@ def _fill(run, result, config, method_spec, options, task, prompts, preferences,
     finally:
         result.skipped = result.total - result.computed  # points written by another run count as already there
         try:
-            run.release(attempt)
+            run.release(owner)
         except OSError:
             pass
         if point_step:
             point_step.close()
         # Again at the end: methods that train per point (MORLHF, MODPO) know their policies only now.
         try:
-            run.update_manifest(method_provenance=method.provenance())
+            run.update_manifest(method_provenance=method.provenance(),
+                                offline_evaluations=int(getattr(method, "offline_evaluations", 0)))
         except Exception as err:  # never let provenance hide the generation error being raised
             say(f"warning: {config.method}.provenance() failed at the end of the run: {err}")

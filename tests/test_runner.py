@@ -120,3 +120,50 @@ def test_generations_of_an_attempt_killed_before_its_row_are_dropped(tmp_path):
     assert [g["response"] for g in run.generations()] == ["kept"]
     # the reader matches (point, attempt), not the point alone: the orphan is still on disk
     assert "orphan" in run.generations_path.read_text()
+
+
+def test_offline_work_inside_generate_is_recorded_apart_from_decoding(tmp_path):
+    """A method that trains per preference inside generate: that time is offline cost, not decoding."""
+    import time
+
+    from mobench import hookimpl
+    from mobench.api import Method
+    from mobench.leaderboard import leaderboard
+    from mobench.plugins import _fill
+
+    class TrainsPerPoint(Method):
+        def prepare(self, task, context):
+            super().prepare(task, context)
+            self.offline_evaluations += 2  # e.g. two calibration passes in prepare
+
+        def generate(self, prompts, preferences):
+            for _ in preferences:
+                with self.offline(evaluations=3):
+                    time.sleep(0.05)  # "training" the point's policy
+            return [["word " * round(1 + 8 * p[0]) for _ in prompts] for p in preferences]
+
+    class Plugin:
+        @hookimpl
+        def register_tasks(self, register):
+            register.task("t", lambda scale, context: _task(), objectives=("words", "letters"))
+
+        @hookimpl
+        def register_methods(self, register):
+            register.method("trains", TrainsPerPoint)
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(Plugin(), name="test-plugin")
+    _fill(pm, pm.registry)
+    result = execute(RunConfig(method="trains", task="t", grid=3), pm.registry, Store(tmp_path), RunContext())
+    rows = result.run.rows()
+    assert len(rows) == 3
+    for r in rows:
+        assert r["offline_seconds"] >= 0.05  # sleep guarantees at least this much (a lower bound, not a timing race)
+        assert r["generation_seconds"] >= 0
+        assert r["wall_seconds"] == pytest.approx(r["offline_seconds"] + r["generation_seconds"] + r["scoring_seconds"])
+    manifest = json.loads(result.run.manifest_path.read_text())
+    assert manifest["offline_evaluations"] == 2 + 3 * 3
+    entry = leaderboard(Store(tmp_path), "t")[0]
+    assert entry.offline_evaluations == 11
+    assert entry.offline_seconds == pytest.approx(manifest["prepare_seconds"] + sum(r["offline_seconds"] for r in rows))
+    assert entry.decode_seconds == pytest.approx(sum(r["generation_seconds"] + r["scoring_seconds"] for r in rows))

@@ -328,7 +328,8 @@ class PolicyPerPreference(Method):
         task, context = self.prepared()
         out = []
         for preference in preferences:
-            path = self.train_policy(preference)
+            with self.offline():  # training (or loading) the policy is offline cost, not decoding
+                path = self.train_policy(preference)
             self.policies[preference.key] = str(path)
             description = f"{self.label or self.name} generating w=({preference.key})"
             out.append(generate_with_adapter(task.policy, path, prompts, task.generation, context, description))
