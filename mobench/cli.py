@@ -96,8 +96,10 @@ def cli(ctx: click.Context, plugins_dir: str | None) -> None:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--option", "-o", "options", multiple=True,
               help="Method option KEY=VALUE (repeatable); see `mobench options METHOD`. Values are text, converted to the option's type.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Compute only the grid points of index I modulo N; the run id stays the full grid's (sweeps split per-point methods this way).")
 @click.pass_context
-def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options):
+def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options, shard):
     """Run one method over the task's preference grid and store the scored rows."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -120,7 +122,7 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
-            result = execute(config, _registry(ctx), Store(results), context, resume=resume,
+            result = execute(config, _registry(ctx), Store(results), context, resume=resume, shard=parse_shard(shard),
                              on_event=lambda m: _event(console, m))
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -128,6 +130,87 @@ def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, d
         f"{result.run.path}: {result.computed} grid points computed, {result.skipped} already there, "
         f"{result.total} in the grid"
     )
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard I/N`` as ``(I, N)`` with 0 <= I < N (None when not given)."""
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    try:
+        parsed = (int(index), int(count))
+    except ValueError:
+        parsed = None
+    if not sep or parsed is None or not (parsed[1] >= 1 and 0 <= parsed[0] < parsed[1]):
+        raise MobenchError(f"--shard takes I/N with 0 <= I < N (like 0/4), not {text[:40]!r}")
+    return parsed
+
+
+@cli.command(name="sweep")
+@click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--methods", default=None, help="Methods, comma-separated (a,b).")
+@click.option("--tasks", default=None, help="Tasks, comma-separated (hh,summarize).")
+@click.option("--seeds", default=None, help="Seeds, comma-separated (0,1,2).")
+@click.option("--scale", default=None, help="tiny (default) or paper.")
+@click.option("--executor", default=None,
+              help="local (default: a process pool, one GPU per job), slurm, debug (in this process), a submitit plugin's cluster, or module:factory.")
+@click.option("--results", default=None, help="Results store folder (default: results).")
+@click.option("--grid", type=int, default=None, help="Points per simplex edge (default: each task's).")
+@click.option("--limit", type=int, default=None, help="Use only the first N evaluation prompts.")
+@click.option("--device", default=None, help="cpu, cuda ... for every job (default: cuda when available).")
+@click.option("--option", "-o", "options", multiple=True,
+              help="KEY=VALUE for every method, METHOD:KEY=VALUE for one (repeatable).")
+@click.option("--jobs", type=int, default=None, help="local: jobs at once (default: one per GPU, else one per 4 CPU cores).")
+@click.option("--shards", type=int, default=None, help="Per-point methods (MORLHF, MODPO): jobs per run (default: jobs at once).")
+@click.option("--partition", default=None, help="slurm: partition.")
+@click.option("--gpus-per-job", type=int, default=None, help="slurm: GPUs per job (default 1).")
+@click.option("--time-min", type=int, default=None, help="slurm and local: a job's time limit in minutes (default 120).")
+@click.option("--array-parallelism", type=int, default=None, help="slurm: array tasks running at once (default 32).")
+@click.pass_context
+def sweep_cmd(ctx, spec_file, methods, tasks, seeds, scale, executor, results, grid, limit, device, options, jobs, shards,
+              partition, gpus_per_job, time_min, array_parallelism):
+    """Run methods x tasks x seeds (flags or a YAML SPEC_FILE): shared pieces trained once, then the runs; resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mobench import sweep as sweeping
+
+    data: dict = {}
+    if spec_file is not None:
+        from dataclasses import asdict
+
+        data = asdict(sweeping.SweepSpec.from_yaml(spec_file))
+    flags = {"methods": methods, "tasks": tasks, "seeds": seeds, "scale": scale, "executor": executor,
+             "results": results, "grid": grid, "limit": limit, "device": device, "jobs": jobs, "shards": shards}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    slurm = {"partition": partition, "gpus_per_job": gpus_per_job, "time_min": time_min, "array_parallelism": array_parallelism}
+    data["slurm"] = {**data.get("slurm", {}), **{k: v for k, v in slurm.items() if v is not None}}
+    for method, values in sweeping.parse_sweep_options(list(options)).items():
+        data.setdefault("options", {}).setdefault(method, {}).update(values)
+    data.setdefault("methods", [])
+    data.setdefault("tasks", [])
+    spec = sweeping.SweepSpec.from_dict(data, "the sweep")
+    plugins_dir = ctx.find_root().params.get("plugins_dir") or spec.plugins_dir
+    spec.plugins_dir = str(Path(plugins_dir).resolve()) if plugins_dir else None  # the jobs load the same plugins
+    console = _stderr()
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            view = sweeping.MatrixProgress(progress, spec.results)
+            outcome = sweeping.sweep(spec, _registry(ctx), view, say=lambda m: _event(console, m))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from mobench import report
+
+    for task in spec.tasks:
+        board = _entries(ctx, task, spec.results, spec.scale)
+        report.print_table(board, _console())
+    failures = outcome.failures
+    click.echo(f"sweep: {len(outcome.prepared)} prepare jobs, {len(outcome.ran)} run jobs, {len(failures)} failed "
+               f"(logs in {Path(spec.results) / '.sweep' / 'logs'})")
+    if failures:
+        job, error = failures[0]
+        raise MobenchError(f"{len(failures)} job(s) failed, first {job.name}: {error}; rerun the same sweep to retry them")
 
 
 def _event(console, message: str) -> None:
@@ -276,22 +359,26 @@ def plot_cmd(ctx, task, results, scale, calibration, resamples, out):
 @cli.command(name="report")
 @click.option("--task", "-t", required=True)
 @_board_options
-@click.option("--out", required=True, type=click.Path(), help="Folder for leaderboard.md, leaderboard.json, pareto.png.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for leaderboard.md, leaderboard.json, pareto.png, report.html.")
+@click.option("--samples", type=int, default=2, show_default=True, help="Generations shown per grid point in report.html.")
 @click.pass_context
-def report_cmd(ctx, task, results, scale, calibration, resamples, out):
-    """Write leaderboard.md, leaderboard.json and pareto.png together, for CI to publish."""
+def report_cmd(ctx, task, results, scale, calibration, resamples, out, samples):
+    """Write leaderboard.md, leaderboard.json, pareto.png and one self-contained report.html, for CI to publish."""
     from mobench import report
+    from mobench.report_html import write_html
+    from mobench.store import Store
 
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise MobenchError(f"--out {folder} is a file; report writes a folder (leaderboard.md, leaderboard.json, pareto.png)")
+        raise MobenchError(f"--out {folder} is a file; report writes a folder (leaderboard.md, leaderboard.json, pareto.png, report.html)")
     board = _entries(ctx, task, results, scale, calibration, resamples)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "leaderboard.md").write_text(report.to_markdown(board))
     (folder / "leaderboard.json").write_text(report.to_json(board))
-    report.plot(board, folder / "pareto.png")
+    png = report.plot(board, folder / "pareto.png")
+    write_html(board, Store(results), folder / "report.html", png.read_bytes(), per_point=max(0, samples))
     _notes(board)
-    click.echo(f"wrote {folder}/leaderboard.md, leaderboard.json, pareto.png")
+    click.echo(f"wrote {folder}/leaderboard.md, leaderboard.json, pareto.png, report.html")
 
 
 @cli.command(name="compare")
