@@ -105,3 +105,69 @@ def test_one_hot_preference_gives_expert_logits_smollm2(data_dir):
 
     model, tok = load_causal_lm(SMOLLM2_ALIAS, device="cpu")
     _assert_one_hot_logits(two_adapters(model), tok, real_text(data_dir))
+
+
+def _tiny_experts(**extra):
+    """Two random LoRA experts e0, e1 on a two-layer MLP (and a third, ``odd``, with the LoRA options ``extra``)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(5)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"], init_lora_weights=False)
+    model = get_peft_model(base, cfg, adapter_name="e0")
+    model.add_adapter("e1", LoraConfig(r=3, lora_alpha=3, target_modules=["0", "2"], init_lora_weights=False))
+    if extra:
+        model.add_adapter("odd", LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"], init_lora_weights=False, **extra))
+    return model
+
+
+def test_merge_refuses_what_it_cannot_merge_exactly():
+    from mobench.merging import lora_deltas, merge_lora_adapters
+
+    model = _tiny_experts()
+    with pytest.raises(MobenchError, match=r"^need one coefficient per adapter, got 0 for 0 adapters$"):
+        merge_lora_adapters(model, [], [])
+    with pytest.raises(MobenchError, match=r"^need one coefficient per adapter, got 3 for 2 adapters$"):
+        merge_lora_adapters(model, ["e0", "e1"], [1.0, 0.0, 0.0])
+    with pytest.raises(MobenchError, match=r"^adapter 'e2' is not loaded \(loaded: e0, e1\)$"):
+        merge_lora_adapters(model, ["e0", "e2"], [0.5, 0.5])
+    with pytest.raises(MobenchError, match=r"^the merged adapter's name 'e1' clashes with an expert's$"):
+        merge_lora_adapters(model, ["e0", "e1"], [0.5, 0.5], name="e1")
+    with pytest.raises(MobenchError, match=r"^adapter 'zz' wraps no module$"):
+        lora_deltas(model, "zz")
+    assert set(model.peft_config) == {"e0", "e1"}  # nothing was added by the refused merges
+    for extra in ({"use_rslora": True}, {"use_dora": True}):
+        odd = _tiny_experts(**extra)
+        with pytest.raises(MobenchError, match=r"^adapter 'odd' uses rsLoRA or DoRA; the exact delta merge supports plain LoRA only$"):
+            merge_lora_adapters(odd, ["e0", "odd"], [0.5, 0.5])
+        with pytest.raises(MobenchError, match="rsLoRA or DoRA"):
+            merge_lora_adapters(odd, ["odd", "e1"], [0.5, 0.5])
+
+
+def test_merge_takes_integer_coefficients_and_replaces_a_soup_that_is_not_active():
+    from mobench.merging import MERGED_ADAPTER, lora_deltas, merge_lora_adapters
+
+    model = _tiny_experts()
+    assert merge_lora_adapters(model, ["e0", "e1"], [2, -1]) == MERGED_ADAPTER == "soup"
+    e0, e1 = lora_deltas(model, "e0"), lora_deltas(model, "e1")
+    soup = lora_deltas(model, "soup")
+    assert set(soup) == set(e0) == {"base_model.model.0", "base_model.model.2"}
+    for key in e0:
+        torch.testing.assert_close(soup[key], 2 * e0[key] - e1[key], rtol=1e-5, atol=1e-6)
+    model.set_adapter("e1")
+    merge_lora_adapters(model, ["e0", "e1"], [0.25, 0.5])
+    assert model.active_adapter == "soup"
+    soup = lora_deltas(model, "soup")
+    for key in e0:
+        torch.testing.assert_close(soup[key], 0.25 * e0[key] + 0.5 * e1[key], rtol=1e-5, atol=1e-6)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        got = model(x)
+        base = model.base_model.model
+        with model.disable_adapter():
+            plain = model(x)
+    # the active soup adds exactly its delta to each layer's output: layer 0 by hand
+    h = torch.relu(base[0].base_layer(x) + x @ soup["base_model.model.0"].T)
+    want = base[2].base_layer(h) + h @ soup["base_model.model.2"].T
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (got - plain).abs().max() > 1e-3

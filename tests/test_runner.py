@@ -69,6 +69,41 @@ def test_score_point_hands_each_objective_the_prompts_with_their_responses():
     assert means == {"prompt-length": 3.0} and items == [{"prompt-length": 2.0}, {"prompt-length": 4.0}]
 
 
+def test_score_point_refuses_bad_scores_with_one_line_naming_the_objective():
+    from mobench.api import MobenchError
+
+    def task_with(scores):
+        class Bad:
+            name, direction = "bad", 1
+
+            def score(self, prompts, responses):
+                return scores
+
+            def provenance(self):
+                return {}
+
+        return TaskInstance(name="t", scale="tiny", policy="none", objectives=[Letters(), Bad()], prompts=["p0", "p1"],
+                            normalisation={"letters": Normalisation(0.0, 1.0), "bad": Normalisation(0.0, 1.0)},
+                            reference_point=(-1.0, -1.0))
+
+    cases = [
+        (["1", "two  words"], r"^objective 'bad' returned a score that is not a number \(could not convert string to float: 'two words'\)$"),
+        # the error's text on one line, cut at 120 characters: 117 of them and an ellipsis
+        (["1", "ab " * 60], r"^objective 'bad' returned a score that is not a number \(could not convert string to float: 'ab( ab){26} \.\.\.\)$"),
+        ([1.0, None], r"^objective 'bad' returned a score that is not a number \(float\(\) argument must be a string or a (real )?number, not 'NoneType'\)$"),
+        ([1.0], r"^objective 'bad' returned 1 scores for 2 responses$"),
+        ([1.0, 2.0, 3.0], r"^objective 'bad' returned 3 scores for 2 responses$"),
+        ([1.0, float("nan")], r"^objective 'bad' returned a non-finite score \(nan\) for prompt 1$"),
+        ([float("-inf"), 1.0], r"^objective 'bad' returned a non-finite score \(-inf\) for prompt 0$"),
+    ]
+    for scores, message in cases:
+        with pytest.raises(MobenchError, match=message):
+            score_point(task_with(scores), ["p0", "p1"], ["a", "b"])
+    # integers and numeric strings are numbers
+    means, _, _, _ = score_point(task_with([1, "2.5"]), ["p0", "p1"], ["a", "b"])
+    assert means == {"letters": 1.0, "bad": 1.75}
+
+
 def test_a_run_writes_direction_aware_z_scores(tmp_path):
     from mobench import hookimpl
 

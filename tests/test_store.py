@@ -223,3 +223,93 @@ def test_append_cost_does_not_grow_with_the_rows(tmp_path, monkeypatch):
     line = len(run.rows_path.read_bytes().splitlines()[-1]) + 1
     # reads of the last byte (newline check) and of the one new row since the previous append, never the file
     assert read_sizes and max(read_sizes) <= line
+
+
+def test_lines_are_exact_and_files_get_the_store_mode(tmp_path):
+    """One compact sorted JSON line per record, newline-terminated, no blank lines; 0666 & ~umask like every file."""
+    from mobench.store import FILE_MODE, write_json_atomic
+
+    run = Store(tmp_path).run("toy", "letters", "r1")
+    assert run.append_point({"preference_key": "a", "attempt": "1"}, [{"preference_key": "a", "attempt": "1", "x": 1.5}])
+    assert run.append_point({"preference_key": "b", "attempt": "1"}, [])  # no generations: nothing written for them
+    assert not run.append_point({"preference_key": "a", "attempt": "2"}, [{"preference_key": "a", "attempt": "2"}])
+    assert run.rows_path.read_bytes() == b'{"attempt":"1","preference_key":"a"}\n{"attempt":"1","preference_key":"b"}\n'
+    assert run.generations_path.read_bytes() == b'{"attempt":"1","preference_key":"a","x":1.5}\n'
+    write_json_atomic(run.manifest_path, {"p": tmp_path / "x", "nan": float("nan")})
+    assert json.loads(run.manifest_path.read_text()) == {"nan": None, "p": str(tmp_path / "x")}
+    for path in (run.rows_path, run.generations_path, run.manifest_path):
+        assert os.stat(path).st_mode & 0o777 == FILE_MODE, path
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".manifest")] == []  # no temporary left
+
+
+def test_an_atomic_write_renames_within_the_folder_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    import pytest
+
+    from mobench import store
+    from mobench.store import write_json_atomic
+
+    target = tmp_path / "m.json"
+    target.write_text('{"old": 1}')
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(store.os, "replace", lambda a, b: renames.append((a, b)) or real_replace(a, b))
+    write_json_atomic(target, {"new": 2})
+    [(src, dst)] = renames
+    assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".m.json.") and dst == target
+
+    def fail(a, b):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(target, {"newer": 3})
+    assert json.loads(target.read_text()) == {"new": 2} and sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_damaged_lines_are_skipped_one_by_one_with_their_line_number(tmp_path):
+    import warnings
+
+    from mobench.store import CorruptLineWarning, read_jsonl
+
+    run = Store(tmp_path).run("toy", "letters", "r1")
+    run.path.mkdir(parents=True)
+    lines = [b'{"preference_key": "a", "v": 1}', b"", b"[1, 2]", b"3", b'{"preference_key": "x", "v"', b'{"preference_key": 5}',
+             b'{"preference_key": "a", "v": 2}', b'{"preference_key": "b"}']
+    run.rows_path.write_bytes(b"\n".join(lines) + b"\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_jsonl(run.rows_path) == [{"preference_key": "a", "v": 1}, {"preference_key": 5},
+                                             {"preference_key": "a", "v": 2}, {"preference_key": "b"}]
+        # the first row of a point wins; a row whose key is not a string is no point's row
+        assert run.rows() == [{"preference_key": "a", "v": 1}, {"preference_key": "b"}]
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (CorruptLineWarning, f"{run.rows_path}:{n}: corrupt line skipped") for n in (3, 4, 5)] * 2
+    assert run.done_keys() == {"a", "b"}
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_a_one_byte_torn_line_stays_apart_and_a_replaced_rows_file_is_reread(tmp_path):
+    run = Store(tmp_path).run("toy", "letters", "r1")
+    run.path.mkdir(parents=True)
+    run.rows_path.write_bytes(b"{")  # a writer killed after its first byte
+    assert run.append_point({"preference_key": "a", "attempt": "1"}, [])
+    assert run.rows_path.read_bytes() == b'{\n{"attempt":"1","preference_key":"a"}\n'
+    assert run.done_keys() == {"a"}
+    # replaced (a new file, a new inode) by a longer one with other keys: the index starts over
+    new = run.path / "rows.new"
+    new.write_text("".join(json.dumps({"preference_key": k, "pad": "x" * 50}) + "\n" for k in ("p", "q")))
+    os.replace(new, run.rows_path)
+    assert run.done_keys() == {"p", "q"}
+
+
+def test_generations_match_their_row_by_point_and_attempt_even_when_fields_are_damaged(tmp_path):
+    run = Store(tmp_path).run("toy", "letters", "r1")
+    row = {"preference_key": "a", "attempt": {"b": 1, "a": [2]}}
+    gens = [{"preference_key": "a", "attempt": {"a": [2], "b": 1}, "i": 0},  # same attempt, keys in another order
+            {"preference_key": "a", "attempt": "{'b': 1, 'a': [2]}", "i": 1},  # text of another attempt
+            {"preference_key": ["a"], "attempt": {"b": 1, "a": [2]}, "i": 2},  # damaged key
+            {"preference_key": "a", "i": 3}]  # no attempt
+    run.append_point(row, gens)
+    run.append_point({"preference_key": "b"}, [{"preference_key": "b", "i": 4}, {"preference_key": "b", "attempt": None, "i": 5},
+                                               {"preference_key": "b", "attempt": 0, "i": 6}])
+    assert [g["i"] for g in run.generations()] == [0, 4, 5]
