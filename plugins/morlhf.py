@@ -45,7 +45,7 @@ class Morlhf(PolicyPerPreference):
 
         task, context = self.prepared()
         return train_rl_policy(task.policy, task.objectives, task.normalisation, preference.weights, self.prompts,
-                               self.options.train, context)
+                               self.options.train.at_length(task.generation), context)
 
     def provenance(self) -> dict[str, Any]:
         return {

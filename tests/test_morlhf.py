@@ -204,3 +204,34 @@ def test_budget_options_override_the_tiny_budget_and_unknown_options_fail():
         tiny.replace({"steps": 3, "batch_size": 6, "num_generations": 4})
     with pytest.raises(MobenchError, match="before prepare"):
         Morlhf().generate(["hi"], [Preference((1.0,))])
+
+
+def test_rl_samples_as_many_tokens_as_the_evaluation_generates(smol_tokenizer, tmp_path, monkeypatch):
+    """The tiny budget leaves max_new_tokens to the task: trl's RLOOTrainer gets the evaluation's length."""
+    import trl
+
+    from mobench.api import Generation
+    from mobench.models import micro_causal_lm
+    from mobench.training import RlBudget, train_rl_policy
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    seen = {}
+
+    def intercepted(self, *args, **kwargs):
+        seen["length"] = self.args.max_completion_length
+        raise _Captured
+
+    monkeypatch.setattr(trl.RLOOTrainer, "train", intercepted)
+    budget = RlBudget.preset("tiny").replace({"steps": 1, "batch_size": 4, "num_generations": 2, "lora_r": 4, "n_prompts": 2})
+    assert budget.max_new_tokens is None
+    with pytest.raises(MobenchError, match="at_length"):
+        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], budget, RunContext(device="cpu"))
+    for length in (7, 13):
+        resolved = budget.at_length(Generation(max_new_tokens=length))
+        assert resolved.max_new_tokens == length and resolved.at_length(Generation(max_new_tokens=99)) is resolved
+        with pytest.raises(_Captured):
+            train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], resolved, RunContext(device="cpu"))
+        assert seen["length"] == length

@@ -18,11 +18,12 @@ takes what it needs (policy, objectives, normalisation, weights, prompts, an :cl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from mobench.api import MobenchError, Normalisation, Objective, RunContext, TaskInstance, prompts_sha256
+from mobench.api import Generation, MobenchError, Normalisation, Objective, RunContext, TaskInstance, prompts_sha256
 from mobench.options import option
 from mobench.training.common import (
     LoraBudget,
@@ -44,7 +45,8 @@ class RlBudget(LoraBudget):
     steps: int = option(8, "optimiser steps")
     batch_size: int = option(8, "completions per step (batch_size / num_generations prompts)")
     num_generations: int = option(4, "completions sampled per prompt (the leave-one-out group)")
-    max_new_tokens: int = option(32, "tokens sampled per completion")
+    max_new_tokens: int | None = option(
+        None, "tokens sampled per completion (None: the task's evaluation length, so RL scores the text the evaluation does)")
     learning_rate: float = option(1e-4, "AdamW learning rate")
     beta_kl: float = option(0.05, "KL penalty to the reference policy, in the reward")
     temperature: float = option(1.0, "sampling temperature of the rollouts")
@@ -63,7 +65,15 @@ class RlBudget(LoraBudget):
         super().check()
         if self.num_generations < 2 or self.batch_size % self.num_generations:
             raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {self.num_generations} and {self.batch_size}")
-        self.require_at_least_one("RL", ("steps", "max_new_tokens", "n_prompts", "max_prompt_chars"))
+        self.require_at_least_one("RL", ("steps", "n_prompts", "max_prompt_chars"))
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise MobenchError(f"RL max_new_tokens must be at least 1 (or None: the evaluation's), not {self.max_new_tokens!r}")
+
+    def at_length(self, generation: Generation) -> "RlBudget":
+        """This budget with ``max_new_tokens`` filled in from the task's generation settings when it is None."""
+        if self.max_new_tokens is not None:
+            return self
+        return dataclasses.replace(self, max_new_tokens=int(Generation.of(generation).max_new_tokens))
 
 
 RL_KIND = "morlhf-policies"
@@ -204,7 +214,7 @@ def _train(policy: str, objectives: Sequence[Objective], normalisation: dict[str
             callbacks=[progress_callback(context, f"RL policy {weights_label(weights)}")],
         )
         record = {"weights": list(weights), "rewards": [f.__name__ for f in funcs], "reward_weights": ws}
-        train_and_save(trainer, out, device, record, log_keys=("reward", "loss"))
+        train_and_save(trainer, out, device, record, log_keys=("reward", "loss", "kl"))
 
 
 def train_rl_policy(policy: str, objectives: Sequence[Objective], normalisation: dict[str, Normalisation],
@@ -219,5 +229,7 @@ def train_rl_policy(policy: str, objectives: Sequence[Objective], normalisation:
 
     if not prompts:
         raise MobenchError("no prompts to run RL on")
+    if budget.max_new_tokens is None:
+        raise MobenchError("the RL budget's max_new_tokens is None: resolve it with budget.at_length(task.generation)")
     key = policy_key(policy, objectives, normalisation, weights, prompts, budget, context)
     return Path(get_or_build(RL_KIND, key, lambda out: _train(policy, objectives, normalisation, weights, prompts, budget, context, out)))
