@@ -106,6 +106,7 @@ class Generation:
     do_sample: bool = False
     temperature: float = 1.0
     batch_size: int = 8
+    top_p: float = 1.0  # nucleus sampling (with do_sample): keep the smallest set of tokens of this much probability
 
     @classmethod
     def of(cls, value: "Generation | dict[str, Any] | None") -> "Generation":
@@ -117,14 +118,41 @@ class Generation:
         if unknown:
             raise MobenchError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}")
         g = cls(**given)
-        if g.max_new_tokens < 1 or g.batch_size < 1 or not g.temperature > 0:
+        if g.max_new_tokens < 1 or g.batch_size < 1 or not g.temperature > 0 or not 0 < g.top_p <= 1:
             raise MobenchError(f"generation settings out of range: {g}")
-        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size))
+        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size), float(g.top_p))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (for manifests and keys)."""
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-                "temperature": self.temperature, "batch_size": self.batch_size}
+        """The settings as a plain dict (for manifests and keys).
+
+        ``top_p`` appears only when it filters (below 1): settings made before it existed keep their dict, so
+        their run ids and cached reference responses stay valid.
+        """
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+               "temperature": self.temperature, "batch_size": self.batch_size}
+        if self.top_p != 1.0:
+            out["top_p"] = self.top_p
+        return out
+
+    def with_overrides(self, overrides: dict[str, str]) -> "Generation":
+        """These settings with some fields replaced from text (``--gen max_new_tokens=32,top_p=0.9``), each
+        converted to its field's type; an unknown field or a bad value is a MobenchError."""
+        values = self.to_dict() | {"top_p": self.top_p}
+        for key, text in overrides.items():
+            if key not in self.__dataclass_fields__:
+                raise MobenchError(f"--gen: unknown setting {key!r}; known: {', '.join(self.__dataclass_fields__)}")
+            kind = type(getattr(self, key))
+            text = str(text).strip()
+            try:
+                if kind is bool:
+                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(text)
+                    values[key] = text.lower() in ("true", "1", "yes")
+                else:
+                    values[key] = kind(text)
+            except ValueError:
+                raise MobenchError(f"--gen: {key}={text!r} is not a {kind.__name__}") from None
+        return Generation.of(values)
 
 
 def prompts_sha256(prompts: Sequence[str]) -> str:
@@ -231,13 +259,24 @@ class RunContext:
     ``seed``: the run's ``--seed`` (the runner has already seeded ``random``, numpy and torch with it before
     ``prepare`` and before ``generate``); ``device``: ``--device`` or None (then cuda when visible, else
     cpu); ``progress``: a reporter for long steps (None outside the CLI); ``registry``: the plugin
-    registry of this run, through which :meth:`objective` builds registered objectives.
+    registry of this run, through which :meth:`objective` builds registered objectives; ``dtype``: ``--dtype``
+    (float32, bfloat16, float16) or None (fp32 on CPU, bf16 on CUDA), for the models a method or task loads
+    (:meth:`torch_dtype`); ``library_log``: where library output goes (a :class:`mobench.logs.LibraryLog`,
+    None outside the CLI), which the runner attaches to the run folder's log file once it knows the folder.
     """
 
     seed: int = 0
     device: str | None = None
     progress: "Progress | None" = None
     registry: Any = None
+    dtype: str | None = None
+    library_log: Any = None
+
+    def torch_dtype(self):
+        """``dtype`` as a torch dtype, or None for the device's default (what ``load_causal_lm`` takes)."""
+        from mobench.models import resolve_dtype
+
+        return resolve_dtype(self.dtype)
 
     def objective(self, name: str, scale: str = "tiny") -> Objective:
         """The registered objective ``name`` at ``scale`` (a task's ``load`` gets its scorers this way)."""

@@ -9,7 +9,7 @@ it from the task's calibration file (``mobench calibrate --task NAME`` writes it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,11 @@ PAPER_GRID_POINTS = 11
 
 @dataclass(frozen=True)
 class ScaleConfig:
-    """One scale of a task: policy, prompt counts and limit, grid size, decoding settings, data seed."""
+    """One scale of a task: policy, prompt counts and limit, grid size, decoding settings, data seed.
+
+    ``n_validation``: validation prompts per group of ``n_prompts`` (same keys), drawn from the same held-out
+    pool right after the evaluation prompts, so they share their distribution and none of their prompts.
+    """
 
     policy: str
     n_prompts: dict[str, int]
@@ -35,16 +39,21 @@ class ScaleConfig:
     grid_points: int
     generation: Generation
     seed: int = 0
+    n_validation: dict[str, int] = field(default_factory=dict)
 
 
-def tiny_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
+def tiny_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int,
+               n_validation: dict[str, int] | None = None) -> ScaleConfig:
     """The tiny scale: SmolLM2-135M-Instruct on a CPU, a 5-point grid, greedy decoding in batches of 8."""
-    return ScaleConfig(TINY_POLICY, n_prompts, prompt_limit, TINY_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 8))
+    return ScaleConfig(TINY_POLICY, n_prompts, prompt_limit, TINY_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 8),
+                       n_validation=dict(n_validation or {}))
 
 
-def paper_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int) -> ScaleConfig:
+def paper_scale(n_prompts: dict[str, int], prompt_limit: int, max_new_tokens: int,
+                n_validation: dict[str, int] | None = None) -> ScaleConfig:
     """The paper scale: Qwen2.5-7B-Instruct, an 11-point grid, greedy decoding in batches of 32."""
-    return ScaleConfig(PAPER_POLICY, n_prompts, prompt_limit, PAPER_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 32))
+    return ScaleConfig(PAPER_POLICY, n_prompts, prompt_limit, PAPER_GRID_POINTS, Generation(max_new_tokens, False, 1.0, 32),
+                       n_validation=dict(n_validation or {}))
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,9 @@ class BuiltinTask:
     """A built-in task's declaration; :meth:`load` is its loader and :meth:`register` its registration.
 
     ``chats(cfg)``: the evaluation chats at a scale; ``pairs()``: objective name -> preference pairs before
-    templating; ``sources``: the data sources (for provenance); ``calibration``: its committed calibration file.
+    templating; ``sources``: the data sources (for provenance); ``calibration``: its committed calibration file;
+    ``validation(cfg)`` (optional): the validation chats at a scale, held out like the evaluation chats and
+    disjoint from them (checked at load, as is their disjointness from the pairs' prompts).
     """
 
     name: str
@@ -63,6 +74,7 @@ class BuiltinTask:
     pairs: Callable[[], dict[str, list[RawPair]]]
     calibration: Path
     description: str = ""
+    validation: Callable[[ScaleConfig], list[Chat]] | None = None
 
     def config(self, scale: str) -> ScaleConfig:
         """The declared scale, or a MobenchError naming the known ones."""
@@ -87,6 +99,10 @@ class BuiltinTask:
         leaked = set(prompts) & {p.prompt for ps in pairs.values() for p in ps}
         if leaked:  # guarded by construction in tasks.data; kept as a check because it would bias every method
             raise MobenchError(f"task {self.name!r}: {len(leaked)} evaluation prompts also appear in training pairs")
+        validation = template(cfg.policy, self.validation(cfg)) if self.validation is not None else []
+        leaked = set(validation) & ({p.prompt for ps in pairs.values() for p in ps} | set(prompts))
+        if leaked:  # the same held-out pool as the evaluation prompts, after them: disjoint by construction
+            raise MobenchError(f"task {self.name!r}: {len(leaked)} validation prompts are evaluation or pair prompts")
         provenance: dict[str, Any] = {
             "task": self.name,
             "scale": scale,
@@ -96,6 +112,8 @@ class BuiltinTask:
             "pairs": {name: len(ps) for name, ps in pairs.items()},
             "data": [SOURCES.provenance(s) for s in self.sources],
         }
+        if validation:
+            provenance["validation"] = {"n": len(validation), "sha256": prompts_sha256(validation)}
         return TaskInstance(
             name=self.name,
             scale=scale,
@@ -107,6 +125,7 @@ class BuiltinTask:
             grid_points=cfg.grid_points,
             generation=cfg.generation,
             provenance=provenance,
+            validation_prompts=validation,
         )
 
     @hookimpl

@@ -13,6 +13,12 @@ def eval_chats(cfg: ScaleConfig):
     return [data.summary_request(p) for p in data.tldr_eval_posts(cfg.n_prompts["posts"], cfg.prompt_limit, cfg.seed)]
 
 
+def validation_chats(cfg: ScaleConfig):
+    """Validation posts: the next ``n_validation`` unjudged posts after the evaluation ones (same seeded order)."""
+    n, v = cfg.n_prompts["posts"], cfg.n_validation["posts"]
+    return [data.summary_request(p) for p in data.tldr_eval_posts(n + v, cfg.prompt_limit, cfg.seed)[n:]]
+
+
 TASK = BuiltinTask(
     name="summarize",
     description="Reddit TL;DR posts; objectives quality (judged pairs) and brevity (words, fewer better)",
@@ -21,10 +27,11 @@ TASK = BuiltinTask(
     sources=("tldr-oai-judged",),
     scales={
         # prompt_limit: words of post (keeps CPU prefill short)
-        "tiny": tiny_scale({"posts": 32}, prompt_limit=200, max_new_tokens=48),
-        "paper": paper_scale({"posts": 256}, prompt_limit=512, max_new_tokens=64),
+        "tiny": tiny_scale({"posts": 32}, prompt_limit=200, max_new_tokens=48, n_validation={"posts": 16}),
+        "paper": paper_scale({"posts": 256}, prompt_limit=512, max_new_tokens=64, n_validation={"posts": 128}),
     },
     chats=eval_chats,
+    validation=validation_chats,
     pairs=lambda: {"quality": data.quality_pairs(), "brevity": data.brevity_pairs()},
 )
 load = TASK.load
