@@ -185,11 +185,11 @@ def length_correlations(scores: dict[str, list[float]], responses: Sequence[str]
 _GENERATION_SECONDS: dict[str, float | None] = {}  # prompts digest -> seconds the (cached) generation took
 
 
-def reference_responses(instance: TaskInstance, device: str | None = None, seed: int = 0) -> list[str]:
+def reference_responses(instance: TaskInstance, device: str | None = None, seed: int = 0, dtype: str | None = None) -> list[str]:
     """The reference policy's responses to the instance's prompts with its generation settings.
 
     Kept in ``$MOBENCH_CACHE/reference-responses/`` under a key of policy, prompts, generation settings,
-    seed, device and library versions: recalibrating after a scorer changed re-scores the same
+    seed, device, dtype (when not the device's default) and library versions: recalibrating after a scorer changed re-scores the same
     responses without regenerating them (greedy CPU generation of 32 responses takes ~10-30 minutes).
     """
     from mobench.artifacts import cache_root, key_digest, library_versions
@@ -197,6 +197,8 @@ def reference_responses(instance: TaskInstance, device: str | None = None, seed:
     key = {"policy": instance.policy, "prompts_sha256": prompts_sha256(instance.prompts),
            "generation": instance.generation.to_dict(), "seed": seed, "device": device or "auto",
            "versions": library_versions("torch", "transformers")}
+    if dtype not in (None, "auto"):
+        key["dtype"] = dtype
     path = cache_root() / "reference-responses" / f"{key_digest(key)[:24]}.json"
     if path.exists():
         try:
@@ -207,13 +209,13 @@ def reference_responses(instance: TaskInstance, device: str | None = None, seed:
         except (ValueError, OSError, AttributeError):
             pass  # a damaged cache file: generate again
     from mobench.decoding.generate import generate_responses
-    from mobench.models import load_causal_lm
+    from mobench.models import load_causal_lm, resolve_dtype
 
-    model, tok = load_causal_lm(instance.policy, device=device)
+    model, tok = load_causal_lm(instance.policy, device=device, dtype=resolve_dtype(dtype))
     g = instance.generation
     start = time.perf_counter()
     responses = generate_responses(model, tok, instance.prompts, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-                                   temperature=g.temperature, batch_size=g.batch_size, seed=seed)
+                                   temperature=g.temperature, batch_size=g.batch_size, seed=seed, top_p=g.top_p)
     responses = [r.strip() for r in responses]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -223,10 +225,10 @@ def reference_responses(instance: TaskInstance, device: str | None = None, seed:
     return responses
 
 
-def calibrate(instance: TaskInstance, device: str | None = None) -> dict[str, Any]:
+def calibrate(instance: TaskInstance, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Compute a task instance's calibration record (the rule in the module docstring)."""
     start = time.perf_counter()
-    responses = reference_responses(instance, device=device)
+    responses = reference_responses(instance, device=device, dtype=dtype)
     gen_s = time.perf_counter() - start
     data = data_responses(instance)
     cut = prefixes(responses)
@@ -290,5 +292,5 @@ def calibrate_task(registry, task: str, scale: str, device: str | None = None, c
     spec = registry.task(task)
     context = context or RunContext(device=device, registry=registry)
     instance = spec.load(scale, context)
-    record = calibrate(instance, device=device)
+    record = calibrate(instance, device=device, dtype=context.dtype)
     return write(calibration_path(spec), task, scale, record), record

@@ -28,7 +28,8 @@ EXIT_INTERRUPTED = 130
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # Bound to the stream of now: during a run sys.stderr is the library log (mobench.logs), not the console.
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 class RichProgress:
@@ -69,18 +70,35 @@ def _registry(ctx: click.Context):
     return ctx.obj["pm"].registry
 
 
+def _verbose(ctx: click.Context) -> bool:
+    return bool(isinstance(ctx.find_root().obj, dict) and ctx.find_root().obj.get("verbose"))
+
+
+def _dtype_option(f):
+    """--dtype for a command that loads a model: float32, bfloat16, float16, or auto (the device's default)."""
+    from mobench.models import DTYPES
+
+    return click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                        help="Weights' precision for decoding and scoring (auto: fp32 on CPU, bf16 on CUDA).")(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugins-dir", type=click.Path(), default=None, help="Also load every *.py plugin file in DIR.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also show the libraries' output (warnings, logging, progress bars) on the console; it always goes to the run's log file.")
 @click.version_option(package_name="mobench")
 @click.pass_context
-def cli(ctx: click.Context, plugins_dir: str | None) -> None:
+def cli(ctx: click.Context, plugins_dir: str | None, verbose: bool) -> None:
     """mobench: compare multi-objective alignment methods on one preference grid.
 
     \b
     Exit codes: 0 done; 2 a bad input, a damaged or unwritable store (one line on stderr);
     1 an unexpected error in mobench or a plugin (one line; MOBENCH_DEBUG=1 shows the traceback);
     130 interrupted (Ctrl-C or SIGTERM; the run's manifest says interrupted and the same command resumes).
+    Library output (warnings, logging, progress bars) goes to the run's run.log, not the console (-v shows it too).
     """
+    if isinstance(ctx.obj, dict):
+        ctx.obj["verbose"] = verbose
 
 
 @cli.command()
@@ -98,30 +116,38 @@ def cli(ctx: click.Context, plugins_dir: str | None) -> None:
               help="Method option KEY=VALUE (repeatable); see `mobench options METHOD`. Values are text, converted to the option's type.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Compute only the grid points of index I modulo N; the run id stays the full grid's (sweeps split per-point methods this way).")
+@_dtype_option
+@click.option("--gen", "gen", multiple=True, metavar="KEY=VALUE,...",
+              help="Override the task's decoding settings: max_new_tokens, do_sample, temperature, top_p, batch_size (part of the run id).")
 @click.pass_context
-def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options, shard):
+def run(ctx, method, task, scale, grid, weights, limit, seed, results, resume, device, options, shard, dtype, gen):
     """Run one method over the task's preference grid and store the scored rows."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mobench.api import RunContext
+    from mobench.logs import library_output
     from mobench.runner import RunConfig, execute
     from mobench.store import Store
 
     parsed = parse_option_items(options)
+    overrides = parse_option_items([part for item in gen for part in item.split(",") if part.strip()], flag="--gen")
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" for name in ("grid", "weights", "limit", "seed", "scale", "options")
+        given = [f"--{name.replace('_', '-')}" for name in ("grid", "weights", "limit", "seed", "scale", "options", "dtype", "gen")
                  if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
         if given:
             shown = ", ".join("-o" if g == "--options" else g for g in given)
             raise MobenchError(f"--resume continues a run with its own settings; drop {shown} (or start a new run without --resume)")
-    config = RunConfig(method=method, task=task, scale=scale, grid=grid, weights=weights, limit=limit, seed=seed, options=parsed)
+    config = RunConfig(method=method, task=task, scale=scale, grid=grid, weights=weights, limit=limit, seed=seed, options=parsed,
+                       dtype=None if dtype == "auto" else dtype, gen=overrides)
     console = _stderr()
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     # SIGTERM (a CI timeout, `kill`) ends a run like Ctrl-C: recorded as interrupted, exit 130.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal))
+        with Progress(*columns, console=console, transient=False, redirect_stdout=False, redirect_stderr=False) as progress, \
+                library_output(verbose=_verbose(ctx)) as log:
+            context = RunContext(seed=seed, device=device, progress=RichProgress(progress, log=not console.is_terminal),
+                                 library_log=log)
             result = execute(config, _registry(ctx), Store(results), context, resume=resume, shard=parse_shard(shard),
                              on_event=lambda m: _event(console, m))
     finally:
@@ -196,14 +222,18 @@ def sweep_cmd(ctx, spec_file, methods, tasks, seeds, scale, executor, results, g
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            view = sweeping.MatrixProgress(progress, spec.results)
+            view = sweeping.MatrixProgress(progress, spec.results, log=not console.is_terminal)
             outcome = sweeping.sweep(spec, _registry(ctx), view, say=lambda m: _event(console, m))
     finally:
         signal.signal(signal.SIGTERM, previous)
     from mobench import report
 
     for task in spec.tasks:
-        board = _entries(ctx, task, spec.results, spec.scale)
+        try:
+            board = _entries(ctx, task, spec.results, spec.scale)
+        except MobenchError as err:  # no complete run of this task: the failures below say why
+            console.print(f"note: no leaderboard for {task}: {err}", markup=False, soft_wrap=True)
+            continue
         report.print_table(board, _console())
     failures = outcome.failures
     click.echo(f"sweep: {len(outcome.prepared)} prepare jobs, {len(outcome.ran)} run jobs, {len(failures)} failed "
@@ -225,14 +255,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def parse_option_items(items) -> dict[str, str]:
+def parse_option_items(items, flag: str = "--option") -> dict[str, str]:
     """``["k=v", ...]`` from repeated ``-o`` flags as ``{k: v}`` (text; the method's Options converts it)."""
     parsed: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             shown = item if len(item) <= 60 else item[:57] + "..."
-            raise MobenchError(f"--option {shown!r} must look like KEY=VALUE")
+            raise MobenchError(f"{flag} {shown!r} must look like KEY=VALUE")
         parsed[key.strip()] = value
     return parsed
 
@@ -278,15 +308,24 @@ def options_cmd(ctx, method, scale, fmt):
 @click.option("--task", "-t", required=True, help="Any registered task, third-party ones included.")
 @click.option("--scale", default="tiny", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+@_dtype_option
 @click.pass_context
-def calibrate_cmd(ctx, task, scale, device):
+def calibrate_cmd(ctx, task, scale, device, dtype):
     """Compute TASK's normalisation and reference point from its reference policy and write its calibration file."""
-    from mobench.api import SCALES
+    from mobench.api import SCALES, RunContext
+    from mobench.artifacts import cache_root
     from mobench.calibration import calibrate_task
+    from mobench.logs import library_output
 
     if scale not in SCALES:
         raise MobenchError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    path, record = calibrate_task(_registry(ctx), task, scale, device)
+    registry = _registry(ctx)
+    registry.task(task)  # an unknown name fails before the log file is made
+    context = RunContext(device=device, registry=registry, dtype=None if dtype == "auto" else dtype)
+    log = cache_root() / "logs" / f"calibrate-{task}-{scale}.log"
+    with library_output(log, verbose=_verbose(ctx)):
+        path, record = calibrate_task(registry, task, scale, device, context=context)
+    click.echo(f"library output: {log}", err=True)
     for name, stat in record["objectives"].items():
         click.echo(f"{name:<10} mean {stat['mean']:.4f}  std {stat['std']:.4f}  direction {stat['direction']:+d}")
     click.echo(f"reference point {record['reference_point']}  ({record['n_prompts']} prompts, "
@@ -320,6 +359,57 @@ def _console():
 def _notes(board) -> None:
     for note in board.notes:
         _stderr().print(f"note: {note}", markup=False)
+
+
+@cli.command(name="kl")
+@click.option("--task", "-t", required=True)
+@_board_options
+@click.option("--prompts", "n_prompts", type=int, default=16, show_default=True,
+              help="First evaluation prompts the KL is estimated on (one sampled response each).")
+@click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.pass_context
+def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device, fmt):
+    """KL(pi || pi_ref) of every trained policy of the leaderboard's runs on TASK (Monte Carlo, cached)."""
+    import json as _json
+
+    from mobench.api import RunContext
+    from mobench.kl import policy_kl, trained_policies
+    from mobench.report import md_escape
+    from mobench.store import Store
+
+    if n_prompts < 2:
+        raise MobenchError(f"--prompts must be at least 2, not {n_prompts}")
+    board = _entries(ctx, task, results, scale, calibration, 0)
+    registry = _registry(ctx)
+    context = RunContext(device=device, registry=registry)
+    instance = registry.task(task).load(board.scale, context)
+    prompts = list(instance.prompts)[:n_prompts]
+    length = int(instance.generation.max_new_tokens)
+    store, rows = Store(results), []
+    for entry in board.entries:
+        manifest = store.run(task, entry.method, entry.run_id).read_manifest()
+        for label, folder in trained_policies(manifest.get("method_provenance") or {}).items():
+            kl = policy_kl(instance.policy, folder, prompts, length, device, seed=0)
+            rows.append({"method": entry.label, "policy": label, "kl": kl["kl"], "stderr": kl["stderr"],
+                         "n": kl["n"], "mean_tokens": kl["mean_tokens"], "adapter": folder})
+    if fmt == "json":
+        click.echo(_json.dumps(rows, indent=2))
+        return
+    if fmt == "markdown":
+        click.echo("| method | policy | KL(pi \\|\\| pi_ref) nats | ± s.e. | response tokens |")
+        click.echo("|---|---|---:|---:|---:|")
+        for r in rows:
+            click.echo(f"| {md_escape(r['method'])} | {md_escape(r['policy'])} | {r['kl']:.3f} | {r['stderr']:.3f} | {r['mean_tokens']:.1f} |")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"KL to the reference policy: {task} ({board.scale}, {len(prompts)} prompts, {length} tokens)")
+    for col in ("method", "policy", "KL nats", "± s.e.", "tokens"):
+        table.add_column(col, justify="right" if col in ("KL nats", "± s.e.", "tokens") else "left")
+    for r in rows:
+        table.add_row(r["method"], r["policy"], f"{r['kl']:.3f}", f"{r['stderr']:.3f}", f"{r['mean_tokens']:.1f}")
+    _console().print(table)
 
 
 @cli.command(name="leaderboard")

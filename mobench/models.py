@@ -63,6 +63,21 @@ def default_dtype(device: str):
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+#: What ``--dtype`` takes: "auto" (or None) is the device's default (fp32 on CPU, bf16 on CUDA).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str | None):
+    """A ``--dtype`` name as a torch dtype; None for "auto" or None (then :func:`default_dtype` decides)."""
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise MobenchError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    import torch
+
+    return getattr(torch, name)
+
+
 def resolve_model(name: str) -> str:
     """Turn an alias, a local folder or a hub id into what ``from_pretrained`` takes.
 

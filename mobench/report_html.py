@@ -28,11 +28,11 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 20px; margin: 0 0 8px; } h2 { font-size: 16px; margin: 28px 0 8px; }
 table { border-collapse: collapse; margin: 8px 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; }
-th { background: #f6f8fa; text-align: left; } td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
+th { background: #f6f8fa; text-align: left; font-size: 12.5px; } td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr:nth-child(even) td { background: #fbfcfd; }
 p.legend, p.note { color: #57606a; max-width: 110ch; font-size: 12.5px; }
 img.plot { width: 560px; max-width: 100%; border: 1px solid #d0d7de; }
-.layout { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.layout { display: flex; gap: 24px; align-items: flex-start; } .layout > .side { flex: 1 1 0; min-width: 320px; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 2px 0; font-size: 12px; background: #f6f8fa; padding: 6px; }
 details { margin: 4px 0 10px; } summary { cursor: pointer; font-weight: 600; }
 .meta { color: #57606a; font-size: 12px; }
@@ -97,11 +97,11 @@ def to_html(board: Board, plot_png: bytes | None = None, samples: dict[str, list
         data = base64.b64encode(plot_png).decode("ascii")
         plot = f'<img class="plot" alt="Pareto plot of {_e(board.task)}" src="data:image/png;base64,{data}">'
     if board.comparisons:
-        pairs = f"<div><h2>Pairwise hypervolume differences</h2>{_table(*comparison_rows(board))}" \
-                '<p class="legend">HV difference = HV(method a) - HV(method b) with its paired-bootstrap interval; ' \
-                "separable = the interval excludes 0.</p></div>"
+        pairs = ('<div class="side"><h2>Pairwise hypervolume differences</h2>' + _table(*comparison_rows(board)) +
+                 '<p class="legend">HV difference = HV(method a) - HV(method b) with its paired-bootstrap interval; '
+                 "separable = the interval excludes 0.</p></div>")
     else:
-        pairs = '<div><h2>Pairwise hypervolume differences</h2><p class="note">only one method: nothing to compare</p></div>'
+        pairs = '<div class="side"><h2>Pairwise hypervolume differences</h2><p class="note">only one method: nothing to compare</p></div>'
     sections = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">{board.n_prompts} prompts, {board.resamples} bootstrap resamples (seed {board.bootstrap_seed}), '

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from mobench.api import SCALES, MethodSpec, MobenchError, Preference, RunContext, TaskInstance, prompts_sha256
+from mobench.api import SCALES, Generation, MethodSpec, MobenchError, Preference, RunContext, TaskInstance, prompts_sha256
 from mobench.calibration import attach as attach_calibration
 from mobench.grid import grid_size, parse_weights, simplex_grid
 from mobench.metrics import mean_stderr
@@ -47,6 +47,8 @@ class RunConfig:
     limit: int | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # the user's -o KEY=VALUE, as given (text)
+    dtype: str | None = None  # --dtype of the models loaded to decode and score (None: the device's default)
+    gen: dict[str, Any] = field(default_factory=dict)  # --gen overrides of the task's Generation, as given (text)
 
 
 @dataclass
@@ -89,8 +91,9 @@ def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance 
     """A readable, deterministic id: the same command gives the same id, so it resumes.
 
     It hashes only what determines this method's results on this task: the method's resolved options,
-    the task's policy, prompts, decoding settings and calibration, the grid, the prompt limit and the
-    seed. A changed option or calibration starts a new run instead of resuming rows made under the old one.
+    the task's policy, prompts, decoding settings (with the ``--gen`` overrides applied) and calibration, the
+    grid, the prompt limit, the seed and ``--dtype`` when given. A changed option, decoding setting or
+    calibration starts a new run instead of resuming rows made under the old one.
     """
     fingerprint = None
     if task is not None:
@@ -111,6 +114,8 @@ def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance 
         "seed": config.seed,
         "options": options.to_dict() if options is not None else None,
     }
+    if config.dtype not in (None, "auto"):  # only when given: the ids of runs made before --dtype stay the same
+        identity["dtype"] = config.dtype
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{config.scale}-s{config.seed}-{digest}"
 
@@ -162,6 +167,13 @@ def validate(config: RunConfig, registry: Registry) -> Options | None:
         if config.grid < 2:
             raise MobenchError(f"--grid must be at least 2 points per edge, got {config.grid}")
         grid_size(len(task_spec.objectives), config.grid)  # refuses a grid too large to hold
+    if config.dtype is not None:
+        from mobench.models import DTYPES
+
+        if config.dtype not in DTYPES:
+            raise MobenchError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if config.gen:
+        Generation().with_overrides(config.gen)  # names and types checked before anything loads
     if config.limit is not None and config.limit < 1:
         raise MobenchError(f"--limit must be at least 1, got {config.limit}")
     if config.seed < 0 or config.seed >= 2**32:
@@ -245,6 +257,8 @@ def execute(
         except (KeyError, TypeError, ValueError, MobenchError) as err:
             raise MobenchError(f"{resumed.manifest_path}: damaged manifest, cannot resume from it ({_one_line(err, 120)})") from None
     options = validate(config, registry)
+    if config.dtype not in (None, "auto"):
+        context.dtype = config.dtype
 
     say(f"loading task {config.task} ({config.scale})")
     task = task_spec.load(config.scale, context)
@@ -254,6 +268,8 @@ def execute(
         check_task(task, task_spec.objectives, registry)  # a calibration the task brings itself must be coherent
     task = attach_calibration(task_spec, task)
     check_task(task, task_spec.objectives, registry)
+    if config.gen:  # --gen: the task's decoding settings with the user's overrides (hashed into the run id)
+        task.generation = task.generation.with_overrides(config.gen)
     if config.limit is not None and config.limit >= len(task.prompts):
         if config.limit > len(task.prompts):
             say(f"note: --limit {config.limit} is more than the task's {len(task.prompts)} prompts: using all {len(task.prompts)}")
@@ -333,6 +349,10 @@ def execute(
             }
         )
 
+    if getattr(context, "library_log", None) is not None:  # library output from here on: the run folder's log
+        from mobench.logs import RUN_LOG
+
+        context.library_log.attach(run.path / RUN_LOG)
     if not missing:
         run.set_status("complete", finished_at=_now())
         say(f"all {len(preferences)} grid points already in {run.path}")

@@ -37,6 +37,7 @@ def generate_responses(
     seed: int = 0,
     progress: Progress | None = None,
     description: str = "generating",
+    top_p: float = Generation.top_p,
 ) -> list[str]:
     """One response per prompt (decoded new tokens, special tokens dropped), left-padded batches, seeded."""
     import torch
@@ -52,7 +53,7 @@ def generate_responses(
             torch.manual_seed(int(seed) + start)
             kwargs = dict(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), pad_token_id=pad_id)
             if do_sample:
-                kwargs.update(temperature=float(temperature), top_k=0, top_p=1.0)
+                kwargs.update(temperature=float(temperature), top_k=0, top_p=float(top_p))
             else:
                 kwargs.update(temperature=None, top_k=None, top_p=None)
             with torch.no_grad():
@@ -81,13 +82,14 @@ def generate_for_task(model, tokenizer, prompts: Sequence[str], generation: Gene
         seed=s.seed,
         progress=context.progress,
         description=description,
+        top_p=s.top_p,
     )
 
 
 def generate_with_adapter(policy: str, adapter_path, prompts: Sequence[str], generation: Generation, context: RunContext,
                           description: str) -> list[str]:
     """Decode ``prompts`` with ``policy`` plus one saved LoRA adapter (merged into the weights: one policy per point)."""
-    from mobench.training.common import load_policy_with_adapters, resolve_device
+    from mobench.training.common import context_dtype, load_policy_with_adapters, resolve_device
 
-    model, tok = load_policy_with_adapters(policy, {"policy": adapter_path}, resolve_device(context))
+    model, tok = load_policy_with_adapters(policy, {"policy": adapter_path}, resolve_device(context), dtype=context_dtype(context))
     return generate_for_task(model.merge_and_unload(), tok, prompts, generation, context, description)

@@ -93,12 +93,14 @@ class DecodeSettings:
     temperature: float = Generation.temperature
     batch_size: int = Generation.batch_size
     seed: int = 0
+    top_p: float = Generation.top_p  # after seed: callers that build settings positionally keep their meaning
 
     @classmethod
     def from_generation(cls, generation: Generation, seed: int = 0) -> "DecodeSettings":
         """The settings of ``generation`` (a Generation, or a dict of its fields) with ``seed``: the one reader."""
         g = Generation.of(generation)
-        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size), int(seed))
+        return cls(int(g.max_new_tokens), bool(g.do_sample), float(g.temperature), int(g.batch_size), int(seed),
+                   float(g.top_p))
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -169,6 +171,10 @@ def decode_tokens(
             for t in range(int(settings.max_new_tokens)):
                 scores = combiner(logprobs, w)
                 if settings.do_sample:
+                    if float(settings.top_p) < 1.0:  # transformers' own nucleus filter, as generate applies it
+                        from transformers import TopPLogitsWarper
+
+                        scores = TopPLogitsWarper(float(settings.top_p))(None, scores)
                     probs = torch.softmax(scores / float(settings.temperature), dim=-1)
                     nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
                 else:

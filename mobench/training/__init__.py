@@ -31,7 +31,8 @@ Pieces for writing a trainer
     method that trains one policy per preference and decodes with it: MORLHF, MODPO).
 
 Loading
-    ``load_policy_with_adapters(policy, {name: folder}, device)``, ``load_adapter``, ``resolve_device(context)``.
+    ``load_policy_with_adapters(policy, {name: folder}, device, dtype)``, ``load_adapter``, ``resolve_device(context)``,
+    ``context_dtype(context)`` (the run's ``--dtype`` as a torch dtype, None for the device's default).
 """
 
 from mobench.training.common import (
@@ -41,6 +42,7 @@ from mobench.training.common import (
     PolicyPerPreference,
     checkpointing_kwarg,
     completion_positions_only,
+    context_dtype,
     context_seed,
     data_hash,
     key_environment,
@@ -93,5 +95,5 @@ __all__ = [
     "load_for_training", "train_and_save", "pairs_dataset", "data_hash", "truncate_prompts",
     "completion_positions_only", "checkpointing_kwarg", "silence_console", "quiet_datasets", "progress_callback",
     "context_seed", "weights_label", "PolicyPerPreference",
-    "load_policy_with_adapters", "load_adapter", "resolve_device",
+    "load_policy_with_adapters", "load_adapter", "resolve_device", "context_dtype",
 ]

@@ -203,6 +203,15 @@ def resolve_device(context: RunContext | None) -> str:
     return (context.device if context is not None else None) or default_device()
 
 
+def context_dtype(context: RunContext | None):
+    """The run's ``--dtype`` as a torch dtype, None for the device's default (or without a context).
+
+    Decoding and evaluation loads take it; training (``load_for_training``) does not yet: the trained pieces'
+    cache keys would have to hold it first.
+    """
+    return context.torch_dtype() if context is not None and hasattr(context, "torch_dtype") else None
+
+
 def load_adapter(base, adapter_path: str | Path, adapter_name: str = "default"):
     """Attach a saved LoRA adapter to ``base`` (a transformers model or a PeftModel); returns the PeftModel."""
     from peft import PeftModel
@@ -216,13 +225,14 @@ def load_adapter(base, adapter_path: str | Path, adapter_name: str = "default"):
     return PeftModel.from_pretrained(base, str(path), adapter_name=adapter_name, is_trainable=False)
 
 
-def load_policy_with_adapters(policy: str, adapters: dict[str, str | Path], device: str | None = None):
-    """Load the task policy once and attach each named saved adapter: (PeftModel, tokenizer), eval mode."""
+def load_policy_with_adapters(policy: str, adapters: dict[str, str | Path], device: str | None = None, dtype: Any = None):
+    """Load the task policy once (at ``dtype``; None: the device's default) and attach each named saved adapter:
+    (PeftModel, tokenizer), eval mode."""
     from mobench.models import load_causal_lm
 
     if not adapters:
         raise MobenchError("no adapters to load")
-    model, tok = load_causal_lm(policy, device=device)
+    model, tok = load_causal_lm(policy, device=device, dtype=dtype)
     for name, path in adapters.items():
         model = load_adapter(model, path, adapter_name=name)
     model.to(model.device if device is None else device)

@@ -20,6 +20,7 @@ from mobench.training.common import (
     LoraBudget,
     checkpointing_kwarg,
     completion_positions_only,
+    context_dtype,
     data_hash,
     key_environment,
     load_for_training,
@@ -201,7 +202,7 @@ def load_expert_policy(policy: str, pairs: dict[str, list[PreferencePair]], budg
     (adapter names are the objective names, in order).
     """
     experts = load_experts(policy, pairs, budget, context, objectives)
-    model, tok = load_policy_with_adapters(policy, experts, resolve_device(context))
+    model, tok = load_policy_with_adapters(policy, experts, resolve_device(context), dtype=context_dtype(context))
     return model, tok, experts
 
 

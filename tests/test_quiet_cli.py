@@ -1,0 +1,181 @@
+"""A quiet command line: library noise goes to the run's log file; --dtype and --gen reach the run.
+
+The plugin below makes the libraries speak as a real run does: datasets reads a JSON file ("Generating
+train split" bar), transformers loads a saved micro model ("Loading weights" bar) and a deprecated
+property of it raises transformers' own FutureWarning; decoding uses mobench's generate_for_task.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from helpers import TOY, mobench
+
+NOISY = '''
+import os
+
+from mobench import hookimpl
+from mobench.api import Method, Normalisation, TaskInstance
+
+
+class Length:
+    direction = 1
+    name = "chars"
+
+    def score(self, prompts, responses):
+        return [float(len(r)) for r in responses]
+
+    def provenance(self):
+        return {"kind": "characters"}
+
+
+class Vowels(Length):
+    name = "vowels"
+
+    def score(self, prompts, responses):
+        return [float(sum(c in "aeiou" for c in r)) for r in responses]
+
+
+def load(scale, context):
+    import datasets
+
+    folder = os.environ["MOBENCH_NOISY_DATA"]
+    rows = datasets.load_dataset("json", data_files=os.path.join(folder, "prompts.jsonl"), split="train",
+                                 cache_dir=os.path.join(folder, "hf-cache"))
+    return TaskInstance(
+        name="noisy", scale=scale, policy=os.environ["MOBENCH_TOY_POLICY"], objectives=[Length(), Vowels()],
+        prompts=[r["prompt"] for r in rows],
+        normalisation={"chars": Normalisation(0.0, 10.0), "vowels": Normalisation(0.0, 3.0)},
+        reference_point=(-1.0, -1.0), grid_points=2,
+        generation={"max_new_tokens": 6, "do_sample": False, "batch_size": 2},
+    )
+
+
+class MicroGreedy(Method):
+    def prepare(self, task, context):
+        from mobench.models import load_causal_lm
+
+        super().prepare(task, context)
+        self.model, self.tokenizer = load_causal_lm(task.policy, device=context.device, dtype=context.torch_dtype())
+        self.model.is_gradient_checkpointing  # transformers 5 deprecates it with a FutureWarning
+
+    def generate(self, prompts, preferences):
+        from mobench.decoding import generate_for_task
+
+        task, context = self.prepared()
+        return [generate_for_task(self.model, self.tokenizer, prompts, task.generation, context, "micro") for _ in preferences]
+
+    def provenance(self):
+        return {"dtype": str(self.model.dtype), "new_tokens": getattr(self, "new_tokens", None)}
+
+
+@hookimpl
+def register_tasks(register):
+    register.task("noisy", load, objectives=("chars", "vowels"), description="test-only: a task that makes the libraries speak")
+
+
+@hookimpl
+def register_methods(register):
+    register.method("micro-greedy", MicroGreedy, "test-only: greedy decoding of the task's policy")
+'''
+NOISE = ("Generating train split", "Loading weights", "FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory, smol_tokenizer):
+    """The plugin folder, its data, a saved micro policy and the environment the CLI needs for them."""
+    from mobench.models import micro_causal_lm
+
+    root = tmp_path_factory.mktemp("noisy")
+    (root / "plugins").mkdir()
+    (root / "plugins" / "noisy_plugin.py").write_text(NOISY)
+    data = root / "data"
+    data.mkdir()
+    (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me about {t}."}) + "\n"
+                                                for t in ("rivers", "bread", "owls")))
+    policy = root / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    env = {"MOBENCH_NOISY_DATA": str(data), "MOBENCH_TOY_POLICY": str(policy), "MOBENCH_DEBUG": "1"}
+    return root, env
+
+
+def _run(noisy, results, *extra):
+    root, env = noisy
+    proc = mobench("--plugins-dir", str(root / "plugins"), "run", "-m", "micro-greedy", "-t", "noisy", "--device", "cpu",
+                   "--results", str(results), *extra, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(p for p in (results / "noisy" / "micro-greedy").iterdir() if p.name in proc.stdout)
+    return proc, run
+
+
+def test_library_noise_goes_to_the_run_log_not_the_console(noisy, tmp_path):
+    proc, run = _run(noisy, tmp_path / "results")
+    console = proc.stdout + proc.stderr
+    for noise in NOISE:
+        assert noise not in console, f"{noise!r} on the console:\n{console[-2000:]}"
+    log = (run / "run.log").read_text()
+    for noise in NOISE:
+        assert noise in log, f"{noise!r} missing from {run / 'run.log'}"
+    assert "is_gradient_checkpointing" in log
+    # mobench's own progress stays on the console (a piped stderr gets one line per step start and end)
+    assert "loading task noisy" in proc.stderr and "grid points: 2/2" in proc.stderr
+
+
+def test_verbose_also_shows_library_output_on_the_console(noisy, tmp_path):
+    root, env = noisy
+    proc = mobench("--plugins-dir", str(root / "plugins"), "--verbose", "run", "-m", "micro-greedy", "-t", "noisy",
+                   "--device", "cpu", "--results", str(tmp_path / "results"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading weights" in proc.stderr and "FutureWarning" in proc.stderr
+
+
+def test_gen_overrides_change_the_run_id_and_the_decoding_and_dtype_reaches_the_model(noisy, tmp_path):
+    results = tmp_path / "results"
+    _, plain = _run(noisy, results)
+    _, again = _run(noisy, results)
+    assert again == plain  # no --gen: the same id, the run is found complete
+    _, short = _run(noisy, results, "--gen", "max_new_tokens=2")
+    _, nucleus = _run(noisy, results, "--gen", "do_sample=true,top_p=0.5")
+    _, half = _run(noisy, results, "--dtype", "bfloat16")
+    assert len({plain.name, short.name, nucleus.name, half.name}) == 4
+    manifest = {p: json.loads((p / "manifest.json").read_text()) for p in (plain, short, nucleus, half)}
+    assert manifest[plain]["generation"]["max_new_tokens"] == 6 and "top_p" not in manifest[plain]["generation"]
+    assert manifest[short]["generation"]["max_new_tokens"] == 2 and manifest[short]["config"]["gen"] == {"max_new_tokens": "2"}
+    assert manifest[nucleus]["generation"]["top_p"] == 0.5 and manifest[nucleus]["generation"]["do_sample"] is True
+    assert manifest[plain]["method_provenance"]["dtype"] == "torch.float32"
+    assert manifest[half]["method_provenance"]["dtype"] == "torch.bfloat16" and manifest[half]["config"]["dtype"] == "bfloat16"
+    # the decoding itself used the override: at most 2 new tokens per response
+    from mobench.models import load_tokenizer
+
+    tok = load_tokenizer(manifest[short]["policy"])
+    for line in (short / "generations.jsonl").read_text().splitlines():
+        assert len(tok(json.loads(line)["response"], add_special_tokens=False)["input_ids"]) <= 2
+    longer = [json.loads(x)["response"] for x in (plain / "generations.jsonl").read_text().splitlines()]
+    assert max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in longer) > 2
+
+
+def test_bad_gen_and_dtype_are_one_line_user_errors(noisy, tmp_path):
+    root, env = noisy
+    base = ("--plugins-dir", str(root / "plugins"), "run", "-m", "micro-greedy", "-t", "noisy", "--results", str(tmp_path))
+    for extra, message in ((("--gen", "top_k=3"), "--gen: unknown setting 'top_k'"),
+                           (("--gen", "max_new_tokens=lots"), "--gen: max_new_tokens='lots' is not a int"),
+                           (("--gen", "top_p"), "--gen 'top_p' must look like KEY=VALUE"),
+                           (("--dtype", "float8"), "Invalid value for '--dtype'")):
+        proc = mobench(*base, *extra, env=env)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "noisy").exists()
+
+
+def test_a_gen_override_equal_to_the_task_setting_keeps_the_run_id(tmp_path):
+    shutil.copy(TOY / "toy_plugin.py", tmp_path)
+    base = ("--plugins-dir", str(tmp_path), "run", "-m", "letters", "-t", "toy", "--results", str(tmp_path / "r"))
+    first = mobench(*base, check=True).stdout
+    same = mobench(*base, "--gen", "max_new_tokens=4,top_p=1", check=True).stdout  # the toy task's own settings
+    assert "3 grid points computed" in first and "0 grid points computed, 3 already there" in same
+    [run] = list((tmp_path / "r" / "toy" / "letters").iterdir())
+    assert run.name in first and run.name in same
+    assert (run / "run.log").read_text().startswith("--- ")
