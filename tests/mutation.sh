@@ -13,10 +13,10 @@ module=${1:?usage: tests/mutation.sh MODULE (metrics normalisation store artifac
 shift
 case "$module" in
   metrics)
-    files=(mobench/metrics.py); tests=(tests/test_metrics.py tests/test_properties.py::test_hypervolume_2d_is_the_staircase_area tests/test_properties.py::test_hypervolume_3d_is_the_union_of_boxes tests/test_properties.py::test_hypervolume_never_falls_when_a_point_is_added tests/test_properties.py::test_hypervolume_ignores_order_and_duplicates tests/test_properties.py::test_hypervolume_is_that_of_the_pareto_front)
+    files=(mobench/metrics.py); tests=(tests/test_metrics.py tests/test_properties.py -k "not normalisation and not zero_std and not grid_points and not merge and not bone_soup")
     names=("mobench.metrics*") ;;
   normalisation)
-    files=(mobench/runner.py mobench/api.py); tests=(tests/test_runner.py tests/test_properties.py::test_normalisation_round_trips tests/test_properties.py::test_a_zero_std_counts_as_one tests/test_properties.py::test_normalisation_direction_defaults_to_plus_one)
+    files=(mobench/runner.py mobench/api.py); tests=(tests/test_runner.py tests/test_properties.py -k "score_point or direction or normalisation or zero_std")
     names=("mobench.runner.x_score_point*" "mobench.api.xǁNormalisationǁ*") ;;
   store)
     files=(mobench/store.py)
@@ -32,13 +32,16 @@ case "$module" in
            "mobench.artifacts.x_artifact_path*" "mobench.artifacts.x__full_key*" "mobench.artifacts.x_is_built*"
            "mobench.artifacts.x_code_version*" "mobench.artifacts.x__publish*") ;;
   merging)
-    files=(mobench/merging.py); tests=(tests/test_merging.py tests/test_properties.py::test_a_merge_at_e_i_is_expert_i tests/test_properties.py::test_the_merged_delta_is_linear_in_the_coefficients)
+    files=(mobench/merging.py); tests=(tests/test_merging.py tests/test_properties.py -k "merge or merging or merged or refuses or one_hot or integer_coefficients")
     names=("mobench.merging*") ;;
   bonesoup)
     files=(plugins/mage/bonesoup.py); tests=(tests/test_bonesoup.py tests/test_properties.py::test_bone_soup_coefficients_solve_the_transposed_system)
     names=("plugins.mage.bonesoup*") ;;
   modpo)
-    files=(plugins/modpo/trainer.py); tests=(tests/test_modpo.py)
+    files=(plugins/modpo/trainer.py)
+    # the loss's wiring (beta / w_k, the reference shifted by m / beta, the cache) without training; the tests that
+    # train micro models through trl (the loss against trl's DPO loss, the plugin end to end) are left out
+    tests=(tests/test_modpo.py -k "hand_worked or choose_k or divides_beta or shifted_by_the_margin or plan_and_margin")
     names=("plugins.modpo.trainer.x_choose_k*" "plugins.modpo.trainer.x_score_differences*"
            "plugins.modpo.trainer.x_weighted_margins*" "plugins.modpo.trainer.x_modpo_plan*"
            "plugins.modpo.trainer.x__trainer_class*") ;;

@@ -182,3 +182,27 @@ def test_spearman_batch_shapes_and_edges():
     s3 = np.array([[(1.0, 2.0, 3.0), (0.0, 2.0, 4.0), (1.0, 0.0, 4.0)]])
     assert spearman_batch(flat, s3).tolist() == pytest.approx([controllability(flat, s3[0])["spearman"]], nan_ok=True)
     assert spearman_batch([(1.0, 0.0)], np.ones((2, 1, 2))).tolist() == pytest.approx([math.nan, math.nan], nan_ok=True)
+
+
+def test_adjacent_steps_on_an_uneven_two_objective_grid():
+    """Two objectives: consecutive weights are a step whatever their gap (0.3 then 0.7), not only the smallest gap."""
+    import numpy as np
+
+    from mobench.metrics import _adjacent_pairs
+
+    w = np.array([(0.0, 1.0), (1.0, 0.0), (0.3, 0.7)])
+    assert _adjacent_pairs(w, 0) == [(0, 2), (2, 1)]
+    assert _adjacent_pairs(w, 1) == [(1, 2), (2, 0)]
+    # objective 0 rises on the first step and falls on the second; objective 1 rises on both: 3 of 4 steps
+    scores = [(0.0, 2.0), (1.0, 0.0), (2.0, 1.0)]
+    # Spearman by hand: w_0 ranks (1, 3, 2) vs scores (1, 2, 3): 1 - 6 * 2 / 24 = 0.5; objective 1 ranks agree: 1
+    assert controllability(w, scores) == pytest.approx({"spearman": 0.75, "monotone": 0.75})
+
+
+def test_percentile_interval_reads_a_null_replicate_as_missing():
+    """The store writes NaN as null: a replicate read back as None is ignored like NaN."""
+    from mobench.metrics import percentile_interval
+
+    assert percentile_interval([None, 1.0, 2.0, float("nan"), 3.0], 0.0) == pytest.approx((2.0, 2.0))
+    lo, hi = percentile_interval([None, None])
+    assert math.isnan(lo) and math.isnan(hi)

@@ -280,3 +280,109 @@ def test_implicit_margins_match_trls_log_probs(smol_tokenizer, data_dir, tmp_pat
         want = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(ew, rw, el, rl)]
         assert got[name] == pytest.approx(want, rel=1e-3, abs=1e-3)
     assert got["expert_a"] != pytest.approx(got["expert_b"], abs=1e-3)
+
+
+# --- the loss's wiring without training: what ModpoTrainer hands trl (fast: no model, no optimiser) ----------
+
+
+def _config(**over):
+    from types import SimpleNamespace
+
+    fields = {"beta": 0.1, "loss_type": ["sigmoid"], "f_divergence_type": "reverse_kl", "ld_alpha": None,
+              "use_weighting": False, "precompute_ref_log_probs": False}
+    return SimpleNamespace(**{**fields, **over})
+
+
+def test_modpo_trainer_divides_beta_by_w_k_and_forces_precomputed_reference(monkeypatch):
+    from trl import DPOTrainer
+
+    from mobench.methods.modpo.trainer import _trainer_class
+
+    seen = {}
+    monkeypatch.setattr(DPOTrainer, "__init__", lambda self, *args, **kwargs: seen.update(args=args, kwargs=kwargs))
+    cls = _trainer_class()
+    config, cache = _config(), {}
+    trainer = cls("m", args=config, w_k=0.25, reference_cache=cache, train_dataset="d")
+    assert config.beta == pytest.approx(0.4) and config.precompute_ref_log_probs is True
+    assert trainer.modpo_beta == 0.1 and trainer.w_k == 0.25 and trainer.reference_cache is cache
+    assert seen == {"args": ("m",), "kwargs": {"args": config, "train_dataset": "d"}}  # w_k and the cache stay ours
+    assert cls("m", args=_config(beta=0.3), w_k=1).reference_cache is None
+    for w_k in (0.0, -0.5, 1.01):
+        with pytest.raises(MobenchError, match=rf"^modpo needs 0 < w_k <= 1, got {w_k}$"):
+            cls("m", args=_config(), w_k=w_k)
+    plain = "^modpo builds on trl's plain sigmoid DPO loss \\(loss_type=sigmoid, reverse KL, no ld_alpha, no weighting\\)$"
+    for bad in ({"loss_type": ["ipo"]}, {"loss_type": ["sigmoid", "bco_pair"]}, {"f_divergence_type": "js_divergence"},
+                {"ld_alpha": 0.5}, {"use_weighting": True}):
+        with pytest.raises(MobenchError, match=plain):
+            cls("m", args=_config(**bad), w_k=0.5)
+
+
+def test_modpo_reference_log_probs_are_shifted_by_the_margin_over_beta(monkeypatch):
+    """(beta/w_k)((lp - ref - m/beta)(y_w) - (lp - ref)(y_l)) = (1/w_k)(beta delta - m): only ref_chosen moves."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from mobench.methods.modpo.trainer import _trainer_class
+
+    cls = _trainer_class()
+    trainer = cls.__new__(cls)
+    trainer.modpo_beta, trainer.reference_cache = 0.5, {}
+    data = Dataset.from_dict({"prompt": ["a", "b"], "margin": [1.0, -0.25]})
+    computed = []
+
+    def trl_precompute(self, dataset, name, batch_size):
+        computed.append((name, batch_size))
+        n = len(dataset)
+        return dataset.add_column("ref_chosen_logps", [-3.0, -4.0][:n]).add_column("ref_rejected_logps", [-5.0, -6.0][:n])
+
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", trl_precompute)
+    out = trainer._precompute_ref_logps(data, "train", 7)
+    assert computed == [("train", 7)]
+    assert out.column_names == ["prompt", "ref_chosen_logps", "ref_rejected_logps"]  # the margin column is consumed
+    assert out["ref_chosen_logps"] == pytest.approx([-3.0 + 1.0 / 0.5, -4.0 - 0.25 / 0.5])
+    assert out["ref_rejected_logps"] == [-5.0, -6.0]
+    # the unshifted reference log-probs are cached for the next grid point with the same pairs
+    assert trainer.reference_cache["train"].column_names == ["ref_chosen_logps", "ref_rejected_logps"]
+    assert trainer.reference_cache["train"]["ref_chosen_logps"] == [-3.0, -4.0]
+    # the next point (another margin) reuses them: trl computes nothing, the shift is the new margin's
+    other = Dataset.from_dict({"prompt": ["a", "b"], "margin": [0.0, 2.0]})
+    again = trainer._precompute_ref_logps(other, "train", 7)
+    assert computed == [("train", 7)] and again["ref_chosen_logps"] == pytest.approx([-3.0, -4.0 + 4.0])
+    # a cache of another length (other pairs) or of another split is not used; without a cache nothing is kept
+    trainer._precompute_ref_logps(Dataset.from_dict({"prompt": ["a"], "margin": [0.0]}), "train", 1)
+    trainer._precompute_ref_logps(Dataset.from_dict({"prompt": ["a", "b"], "margin": [0.0, 0.0]}), "eval", 2)
+    assert computed == [("train", 7), ("train", 1), ("eval", 2)]
+    assert len(trainer.reference_cache["train"]) == 1 and len(trainer.reference_cache["eval"]) == 2
+    trainer.reference_cache = None
+    trainer._precompute_ref_logps(other, "train", 3)
+    assert computed[-1] == ("train", 3)
+    with pytest.raises(MobenchError, match=r"^the train dataset of modpo has no 'margin' column$"):
+        trainer._precompute_ref_logps(Dataset.from_dict({"prompt": ["a"]}), "train", 1)
+
+
+def test_modpo_plan_and_margin_refusals():
+    from mobench.api import TaskInstance
+    from mobench.methods.modpo.trainer import modpo_plan
+
+    pair = PreferencePair("Q", "a", "b")
+    names = ["x", "y", "z"]
+
+    class Obj(CharLength):
+        def __init__(self, name):
+            self.name = name
+
+    task = TaskInstance("t", "tiny", "p", [Obj(n) for n in names], ["q"], {n: Normalisation(0.0, 1.0) for n in names},
+                        (-1.0, -1.0, -1.0), pairs={"x": [pair], "y": [pair], "z": []})
+    # k: the largest weight with pairs (z has none); margins from the other positive weights only
+    assert modpo_plan(task, (0.3, 0.5, 0.2)) == (1, [0, 2])
+    assert modpo_plan(task, (0.2, 0.0, 0.8)) == (0, [2])
+    assert modpo_plan(task, (0.5, 0.5, 0.0)) == (0, [1])
+    assert modpo_plan(task, (0.0, 1.0, 0.0)) == (1, [])
+    with pytest.raises(MobenchError, match=r"^modpo needs preference pairs for an objective with positive weight; weights \[0.0, 0.0, 1.0\], pairs for \['x', 'y'\]$"):
+        modpo_plan(task, (0.0, 0.0, 1.0))
+    # margins: sum over j != k of w_j d_j, pair by pair
+    assert weighted_margins({0: [1.0, -2.0], 2: [0.5, 4.0]}, (0.3, 0.5, 0.2), 1, 2) == pytest.approx([0.4, 0.2])
+    with pytest.raises(MobenchError, match="^the trained objective k cannot also give a margin$"):
+        weighted_margins({1: [1.0]}, (0.3, 0.7), 1, 1)
+    with pytest.raises(MobenchError, match=r"^1 margin differences for 2 pairs$"):
+        weighted_margins({0: [1.0]}, (0.3, 0.7), 1, 2)
