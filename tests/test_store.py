@@ -313,3 +313,14 @@ def test_generations_match_their_row_by_point_and_attempt_even_when_fields_are_d
     run.append_point({"preference_key": "b"}, [{"preference_key": "b", "i": 4}, {"preference_key": "b", "attempt": None, "i": 5},
                                                {"preference_key": "b", "attempt": 0, "i": 6}])
     assert [g["i"] for g in run.generations()] == [0, 4, 5]
+
+
+def test_json_files_are_byte_identical_for_equal_content_and_indented_for_reading(tmp_path):
+    """Sorted keys: equal manifests are equal files whatever the dict order (diffable, hashable); two-space indent."""
+    from mobench.store import write_json_atomic
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_json_atomic(a, {"b": [1, 2], "a": {"d": float("inf"), "c": "x"}})
+    write_json_atomic(b, {"a": {"c": "x", "d": None}, "b": (1, 2)})
+    assert a.read_bytes() == b.read_bytes() == (
+        b'{\n  "a": {\n    "c": "x",\n    "d": null\n  },\n  "b": [\n    1,\n    2\n  ]\n}')
