@@ -6,7 +6,8 @@ seed, library versions) plus the code version of its build (:func:`code_version`
 of the build function and of every project function it reaches), so an edited fit never reads an
 artifact that the old code built. A build writes into a temporary folder and is renamed into place only when
 it finished, so a killed build never leaves a half artifact behind; a file lock keeps two processes
-from building the same artifact twice.
+from building the same artifact twice. A finished artifact is never deleted or overwritten (a reader may
+have it open); every build is recorded in the cache's build log (``builds.jsonl``, :func:`build_log`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from mobench.api import MobenchError
 
 KEY_FILE = "mobench-artifact.json"
 
@@ -160,11 +164,29 @@ def code_version(*objs: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: Set (to anything but "" or "0") in a sweep's jobs: a build whose lock another process holds raises
+#: :class:`ArtifactBusy` at once instead of waiting, so a job never idles on a GPU while another job trains.
+NO_WAIT_ENV = "MOBENCH_ARTIFACT_NO_WAIT"
+#: The cache's build log: one JSON line per artifact built (kind, key digest, pid, host, seconds).
+BUILD_LOG = "builds.jsonl"
+
+
+class ArtifactBusy(MobenchError):
+    """Another process is building this artifact and the caller asked not to wait (see :data:`NO_WAIT_ENV`)."""
+
+    def __init__(self, kind: str, path: Path):
+        super().__init__(f"the {kind} artifact {path.name} is being built by another process")
+        self.kind, self.path = kind, path
+
+
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, kind: str = "", wait: bool = True) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ArtifactBusy(kind, path.parent / path.name[1:-len(".lock")]) from None
         try:
             yield
         finally:
@@ -198,17 +220,63 @@ def get_or_build(kind: str, key: dict[str, Any], build: Callable[[Path], None]) 
     final = artifact_path(kind, key)
     if (final / KEY_FILE).exists():
         return final
-    with _locked(final.parent / f".{final.name}.lock"):
+    wait = os.environ.get(NO_WAIT_ENV, "") in ("", "0")
+    with _locked(final.parent / f".{final.name}.lock", kind, wait):
         if (final / KEY_FILE).exists():  # built by another process while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
+            started = time.perf_counter()
             build(tmp)
             (tmp / KEY_FILE).write_text(json.dumps({"kind": kind, "key": key}, indent=2, sort_keys=True, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if _publish(tmp, final):
+                _log_build(kind, final, time.perf_counter() - started)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _publish(tmp: Path, final: Path) -> bool:
+    """Rename the finished build ``tmp`` into place; False when a finished artifact is already there.
+
+    A finished artifact is never deleted or overwritten (another process may be reading it): where file
+    locks do not hold across machines two builders can finish, and the loser discards its own copy. An
+    unfinished folder (no key file: a build of an old version killed half way) is renamed aside first.
+    """
+    for _ in range(3):
+        try:
+            os.rename(tmp, final)  # atomic; fails when ``final`` is a non-empty folder
+            return True
+        except OSError:
+            if (final / KEY_FILE).exists():
+                return False
+            aside = final.parent / f".{final.name}.stale-{os.getpid()}-{time.time_ns()}"
+            try:
+                os.rename(final, aside)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
+    os.rename(tmp, final)
+    return True
+
+
+def _log_build(kind: str, final: Path, seconds: float) -> None:
+    """Append one line to the cache's build log (one ``write`` on an ``O_APPEND`` descriptor: lines never mix)."""
+    import socket
+
+    line = json.dumps({"kind": kind, "artifact": final.name, "pid": os.getpid(), "host": socket.gethostname(),
+                       "seconds": round(seconds, 3), "finished_at": time.time()}, sort_keys=True) + "\n"
+    fd = os.open(cache_root() / BUILD_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def build_log() -> list[dict[str, Any]]:
+    """Every build recorded in the cache's build log, oldest first (what was trained, by which process)."""
+    path = cache_root() / BUILD_LOG
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
