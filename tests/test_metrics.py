@@ -206,3 +206,19 @@ def test_percentile_interval_reads_a_null_replicate_as_missing():
     assert percentile_interval([None, 1.0, 2.0, float("nan"), 3.0], 0.0) == pytest.approx((2.0, 2.0))
     lo, hi = percentile_interval([None, None])
     assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_spearman_batch_skips_only_what_cannot_correlate():
+    import numpy as np
+
+    from mobench.metrics import spearman_batch
+
+    with pytest.raises(ValueError, match=r"^scores must have shape \(replicates, grid points, objectives\) matching weights$"):
+        spearman_batch([(0.0, 1.0), (1.0, 0.0)], np.zeros((2, 2)))
+    # objective 0 constant in every replicate: left out, and objective 1 after it still counts
+    w = [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    s = np.array([[(2.0, 1.0), (2.0, 3.0), (2.0, 2.0)], [(5.0, 3.0), (5.0, 2.0), (5.0, 1.0)]])
+    # objective 1: w ranks (3, 2, 1); replicate 0 scores ranks (1, 3, 2): 1 - 6 * (4 + 1 + 1) / 24 = -0.5; replicate 1: 1
+    assert spearman_batch(w, s).tolist() == pytest.approx([-0.5, 1.0])
+    # one objective whose weight varies (not a simplex, but the function is general): its rho alone
+    assert spearman_batch([(0.0,), (1.0,), (2.0,)], np.array([[(1.0,), (3.0,), (2.0,)]])).tolist() == pytest.approx([0.5])
