@@ -149,6 +149,7 @@ def test_a_folder_without_its_key_file_is_rebuilt(cache):
     assert not is_built("thing", KEY, build)
     assert get_or_build("thing", KEY, build) == final
     assert sorted(p.name for p in final.iterdir()) == sorted([KEY_FILE, "new.txt"])
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted([final.name, f".{final.name}.lock"])  # stale one gone
 
 
 def test_keys_are_canonical_and_complete(cache):
@@ -231,3 +232,129 @@ def test_the_reward_heads_key_has_the_code_version_of_the_fit(cache, monkeypatch
     monkeypatch.setattr(scorers, "fit_bradley_terry", lambda pairs, seed=0: None)
     scorers.train_head("h", {"data": 1}, lambda: [])
     assert seen[0] != seen[1]
+
+
+# --- the pieces of get_or_build one at a time: digest, wait flag, busy error, build log, a lost race --------
+
+
+def test_key_digest_is_the_sha256_of_the_compact_sorted_json_and_names_are_its_first_24_digits(cache):
+    import hashlib
+
+    want = hashlib.sha256(b'{"a":1,"b":[1,2],"p":"/x"}').hexdigest()
+    assert key_digest({"p": Path("/x"), "b": [1, 2], "a": 1}) == want
+    assert artifact_path("k", {"p": Path("/x"), "b": [1, 2], "a": 1}) == cache / "k" / want[:24]
+    version = code_version(_fit_v1)
+    assert len(version) == 16 and int(version, 16) >= 0
+    build = _make_build("unused", None, None)
+    assert artifact_path("k", KEY, build).name == key_digest({**KEY, "code": code_version(build)})[:24]
+    assert artifact_path("k", KEY, None) == artifact_path("k", KEY) != artifact_path("k", KEY, build)
+
+
+def test_the_lock_waits_unless_told_not_to_and_then_names_the_busy_artifact(cache, monkeypatch):
+    import fcntl
+
+    flags = []
+    real_flock = fcntl.flock
+    monkeypatch.setattr(artifacts.fcntl, "flock", lambda fh, op: flags.append(op) or real_flock(fh, op))
+    for value, blocking in ((None, True), ("", True), ("0", True), ("1", False), ("yes", False)):
+        if value is None:
+            monkeypatch.delenv(artifacts.NO_WAIT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(artifacts.NO_WAIT_ENV, value)
+        flags.clear()
+        get_or_build("lock", {"v": value}, lambda out: None)
+        assert flags == [fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN], value
+    # another holder of the lock (a second open file: flock excludes it even within one process)
+    monkeypatch.setattr(artifacts.fcntl, "flock", real_flock)
+    build = lambda out: (out / "x").write_text("x")  # noqa: E731
+    final = artifact_path("busy", KEY, build)
+    final.parent.mkdir(parents=True)
+    with open(final.parent / f".{final.name}.lock", "a+") as holder:
+        real_flock(holder, fcntl.LOCK_EX)
+        monkeypatch.setenv(artifacts.NO_WAIT_ENV, "1")
+        with pytest.raises(artifacts.ArtifactBusy, match=rf"^the busy artifact {final.name} is being built by another process$") as err:
+            get_or_build("busy", KEY, build)
+        assert err.value.kind == "busy" and err.value.path == final
+        real_flock(holder, fcntl.LOCK_UN)
+    assert not final.exists()
+    assert get_or_build("busy", KEY, build) == final and (final / "x").read_text() == "x"  # the lock was let go
+
+
+def test_each_build_is_logged_once_with_its_duration(cache, monkeypatch):
+    clock = iter([100.0, 102.5, 200.0, 200.25])
+    monkeypatch.setattr(artifacts.time, "perf_counter", lambda: next(clock))
+    build = lambda out: (out / "a").write_text("a")  # noqa: E731
+    first = get_or_build("logged", {"n": 1}, build)
+    assert get_or_build("logged", {"n": 1}, build) == first  # cached: not logged
+    second = get_or_build("logged", {"n": 2, "p": Path("/y")}, lambda out: None)
+    log = artifacts.build_log()
+    assert [(e["kind"], e["artifact"], e["seconds"], e["pid"]) for e in log] == [
+        ("logged", first.name, 2.5, os.getpid()), ("logged", second.name, 0.25, os.getpid())]
+    assert json.loads((second / KEY_FILE).read_text())["key"]["p"] == "/y"
+
+
+def test_a_build_that_loses_the_race_keeps_the_finished_copy(cache):
+    """Where locks do not hold (two machines), the second builder to finish discards its own copy."""
+    ours = []
+
+    def build(out: Path) -> None:
+        ours.append(out)
+        (out / "who").write_text("us")
+        final = artifact_path("race", KEY, build)
+        final.mkdir(parents=True)  # the other machine finished first, while we were building
+        (final / "who").write_text("them")
+        (final / KEY_FILE).write_text("{}")
+
+    final = get_or_build("race", KEY, build)
+    assert (final / "who").read_text() == "them" and not ours[0].exists()
+    assert artifacts.build_log() == []  # nothing of ours was published
+    assert sorted(p.name for p in final.parent.iterdir() if p.is_dir()) == [final.name]
+
+
+def test_a_build_runs_in_a_hidden_folder_beside_its_place_and_records_its_key(cache):
+    seen = []
+
+    def build(out: Path) -> None:
+        seen.append(out)
+        (out / "x").write_text("x")
+
+    final = artifact_path("here", KEY, build)
+    assert not is_built("here", KEY, build)
+    assert get_or_build("here", KEY, build) == final
+    [tmp] = seen
+    assert tmp.parent == final.parent and tmp.name.startswith(f".{final.name}.") and not tmp.exists()
+    assert is_built("here", KEY, build) and not is_built("here", KEY)  # the code version is part of the place
+    assert json.loads((final / KEY_FILE).read_text()) == {"kind": "here", "key": {**KEY, "code": code_version(build)}}
+
+
+def test_the_key_file_is_sorted_and_indented(cache):
+    build = lambda out: None  # noqa: E731
+    final = get_or_build("fmt", {"z": 1, "a": [Path("/p")]}, build)
+    code = code_version(build)
+    assert (final / KEY_FILE).read_text() == (
+        '{\n  "key": {\n    "a": [\n      "/p"\n    ],\n    "code": "' + code + '",\n    "z": 1\n  },\n  "kind": "fmt"\n}')
+
+
+def test_a_rename_that_keeps_failing_is_tried_four_times_then_reported(cache, monkeypatch):
+    """The publish retries a failed rename three times (an unfinished folder may be in the way), then once more."""
+    real_rename = os.rename
+    failures = {"left": 0, "calls": 0}
+
+    def flaky(src, dst):
+        if Path(dst).parent == cache / "flaky" and not Path(dst).name.startswith("."):
+            failures["calls"] += 1
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError("rename failed")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    build = lambda out: (out / "x").write_text("x")  # noqa: E731
+    failures["left"] = 3
+    final = get_or_build("flaky", {"n": 1}, build)
+    assert failures["calls"] == 4 and (final / "x").read_text() == "x"
+    failures.update(left=4, calls=0)
+    with pytest.raises(OSError, match="rename failed"):
+        get_or_build("flaky", {"n": 2}, build)
+    assert failures["calls"] == 4 and not artifact_path("flaky", {"n": 2}, build).exists()
+    assert sorted(p.name for p in (cache / "flaky").iterdir() if p.is_dir()) == [final.name]  # no temporary left
