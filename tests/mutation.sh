@@ -6,7 +6,8 @@
 # sources), the copy's [tool.mutmut] is narrowed to the module's file and to the fast test files that check
 # it (below; slow tests deselected), and mutmut runs the module's functions at nice 19, then prints the
 # counts per status and each survivor's diff. Run with the usual environment (MOBENCH_DATA_DIR etc.).
-# Set MUTATION_CHILDREN (default 2) for mutmut's --max-children.
+# Set MUTATION_CHILDREN (default 2) for mutmut's --max-children, and MOBENCH_TEST_CACHE so that every mutant's
+# pytest session reuses the micro model built in the first one.
 set -euo pipefail
 
 module=${1:?usage: tests/mutation.sh MODULE (metrics normalisation store artifacts merging bonesoup modpo mage-combiner)}
@@ -35,8 +36,12 @@ case "$module" in
     files=(mobench/merging.py); tests=(tests/test_merging.py tests/test_properties.py -k "merge or merging or merged or refuses or one_hot or integer_coefficients")
     names=("mobench.merging*") ;;
   bonesoup)
-    files=(plugins/mage/bonesoup.py); tests=(tests/test_bonesoup.py tests/test_properties.py::test_bone_soup_coefficients_solve_the_transposed_system)
-    names=("plugins.mage.bonesoup*") ;;
+    # the formula (B, c = (B^T)^-1 diag(k) mu, the k grid, the backbones' rows); the k search decodes with a model
+    # per candidate and is left out, with its test
+    files=(plugins/mage/bonesoup.py)
+    tests=(tests/test_bonesoup.py tests/test_properties.py::test_bone_soup_coefficients_solve_the_transposed_system -k "not choose_k")
+    names=("plugins.mage.bonesoup.x_mixing_matrix*" "plugins.mage.bonesoup.x_bone_soup_coefficients*"
+           "plugins.mage.bonesoup.x_k_grid*" "plugins.mage.bonesoup.x_spread*" "plugins.mage.bonesoup.x_train_backbones*") ;;
   modpo)
     files=(plugins/modpo/trainer.py)
     # the loss's wiring (beta / w_k, the reference shifted by m / beta, the cache) without training; the tests that
@@ -50,7 +55,9 @@ case "$module" in
     names=("plugins.mage.guidance.x_mage_combiner*") ;;
   *) echo "unknown module $module" >&2; exit 2 ;;
 esac
-names+=("$@")
+# Extra arguments are more name patterns; with MUTATION_ONLY=1 they replace the module's (e.g. to re-run the
+# survivors of a previous run, by name, against tests added since).
+if [ -n "${MUTATION_ONLY:-}" ] && [ $# -gt 0 ]; then names=("$@"); else names+=("$@"); fi
 
 src=$(git rev-parse --show-toplevel)
 work=${MUTATION_DIR:-/tmp/mobench-mut-$module}

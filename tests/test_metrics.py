@@ -222,3 +222,15 @@ def test_spearman_batch_skips_only_what_cannot_correlate():
     assert spearman_batch(w, s).tolist() == pytest.approx([-0.5, 1.0])
     # one objective whose weight varies (not a simplex, but the function is general): its rho alone
     assert spearman_batch([(0.0,), (1.0,), (2.0,)], np.array([[(1.0,), (3.0,), (2.0,)]])).tolist() == pytest.approx([0.5])
+
+
+def test_spearman_batch_leaves_out_a_constant_weight_before_varied_ones():
+    import numpy as np
+
+    from mobench.metrics import spearman_batch
+
+    w = [(0.5, 0.0, 0.5), (0.5, 0.5, 0.0), (0.5, 0.25, 0.25)]  # w_0 never varies
+    s = np.array([[(1.0, 1.0, 1.0), (2.0, 3.0, 2.0), (3.0, 2.0, 3.0)]])
+    # objective 1: ranks (1, 3, 2) both: 1; objective 2: w ranks (3, 1, 2), scores (1, 2, 3): 1 - 6 * 6 / 24 = -0.5
+    assert spearman_batch(w, s).tolist() == pytest.approx([0.25])
+    assert controllability(w, s[0])["spearman"] == pytest.approx(0.25)
