@@ -353,6 +353,7 @@ def test_a_rename_that_keeps_failing_is_tried_four_times_then_reported(cache, mo
     failures["left"] = 3
     final = get_or_build("flaky", {"n": 1}, build)
     assert failures["calls"] == 4 and (final / "x").read_text() == "x"
+    assert [e["artifact"] for e in artifacts.build_log()] == [final.name]  # published, so logged
     failures.update(left=4, calls=0)
     with pytest.raises(OSError, match="rename failed"):
         get_or_build("flaky", {"n": 2}, build)
