@@ -1,4 +1,5 @@
-"""Bone Soup: the mixing matrix, c = diag(k) (B^T)^-1 mu on a hand example, and mu = e_j recovering expert j's delta."""
+"""Bone Soup: the mixing matrix, c = (B^T)^-1 diag(k) mu on hand examples (the reference's full-model merge with
+weight 1 - k on the SFT policy), mu = e_j recovering expert j's delta, and the k search on validation prompts."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def test_coefficients_hand_example():
     # B = [[.7,.3],[.3,.7]], B^-1 = [[1.75,-.75],[-.75,1.75]]; mu = (.4,.6) -> c = (.25, .75)
     assert bone_soup_coefficients((0.4, 0.6), 0.7) == pytest.approx([0.25, 0.75], abs=1e-12)
     assert bone_soup_coefficients((1.0, 0.0), 0.7) == pytest.approx([1.75, -0.75], abs=1e-12)
-    assert bone_soup_coefficients((0.4, 0.6), 0.7, k=(0.5, 2.0)) == pytest.approx([0.125, 1.5], abs=1e-12)
+    # k scales mu before the solve: diag(k) mu = (.2, 1.2) -> c = (1.75*.2 - .75*1.2, -.75*.2 + 1.75*1.2)
+    assert bone_soup_coefficients((0.4, 0.6), 0.7, k=(0.5, 2.0)) == pytest.approx([-0.55, 1.95], abs=1e-12)
     # m = 3: B^T c = mu exactly, and the coefficients sum to 1 (B's rows sum to 1)
     mu = (0.2, 0.5, 0.3)
     c = bone_soup_coefficients(mu, 0.6)
@@ -101,16 +103,94 @@ def test_coefficients_use_the_transpose_with_a_non_symmetric_b(monkeypatch):
     mu, k = (0.3, 0.7), (0.5, 2.0)
     # (B^T)^-1 = 1/0.4 [[0.6, -0.4], [-0.2, 0.8]]: (B^T)^-1 mu = (0.45 - 0.7, -0.15 + 1.4) = (-0.25, 1.25)
     assert bonesoup.bone_soup_coefficients(mu, 0.7) == pytest.approx([-0.25, 1.25], abs=1e-12)
-    assert bonesoup.bone_soup_coefficients(mu, 0.7, k=k) == pytest.approx([-0.125, 2.5], abs=1e-12)
-    wrong = np.linalg.solve(np.asarray(matrix), np.asarray(mu))  # B^-1 mu, the untransposed solve
-    assert not np.allclose(wrong, [-0.25, 1.25])
-    # and with the real weights: the merge of backbones theta_j = sum_i B_ji tau_i at these c is sum_i mu_i tau_i
+    # diag(k) mu = (0.15, 1.4): (0.6*0.15 - 0.4*1.4, -0.2*0.15 + 0.8*1.4) / 0.4 = (-1.175, 2.725)
+    assert bonesoup.bone_soup_coefficients(mu, 0.7, k=k) == pytest.approx([-1.175, 2.725], abs=1e-12)
+    # the old, untransposed or post-scaled forms give other numbers
+    assert not np.allclose(np.linalg.solve(np.asarray(matrix), np.asarray(mu)), [-0.25, 1.25])
+    assert not np.allclose(np.asarray(k) * np.asarray([-0.25, 1.25]), [-1.175, 2.725])
+    # and with the real weights: the merge of backbones theta_j = sum_i B_ji tau_i at these c is sum_i k_i mu_i tau_i
     tau = np.random.default_rng(0).normal(size=(2, 5))
     theta = np.asarray(matrix) @ tau
-    c = np.asarray(bonesoup.bone_soup_coefficients(mu, 0.7))
-    assert np.allclose(c @ theta, np.asarray(mu) @ tau)
+    c = np.asarray(bonesoup.bone_soup_coefficients(mu, 0.7, k=k))
+    assert np.allclose(c @ theta, (np.asarray(k) * np.asarray(mu)) @ tau)
     with pytest.raises(MobenchError, match="rescaling"):
         bonesoup.bone_soup_coefficients(mu, 0.7, k=(1.0,))
+
+
+def test_rescaling_matches_the_references_full_model_merge(monkeypatch):
+    """The reference (andyclsr/BoneSoups, ppo/BoneSoups.py) merges full models: solution_i solves
+    [[w11, w21], [w12, w22]] x = e_i (backbone j trained on (wj1, wj2)), x_j = sum_i mu_i k_i solution_i[j] on
+    backbone j and x_sft = sum_i (1 - k_i) mu_i on the SFT policy. With backbones theta_sft + delta_j that is
+    theta_sft + sum_j c_j delta_j with c = (B^T)^-1 diag(k) mu: computed here by hand, step by step."""
+    import numpy as np
+
+    from mobench.methods.mage import bonesoup
+
+    w11, w21 = 0.8, 0.35  # backbone 1 trained on (0.8, 0.2), backbone 2 on (0.35, 0.65): B not symmetric
+    matrix = [[w11, 1 - w11], [w21, 1 - w21]]
+    monkeypatch.setattr(bonesoup, "mixing_matrix", lambda m, b: matrix)
+    det = w11 * (1 - w21) - w21 * (1 - w11)  # of [[w11, w21], [w12, w22]]
+    solution1 = [(1 - w21) / det, -(1 - w11) / det]  # Cramer's rule for e_1
+    solution2 = [-w21 / det, w11 / det]  # and e_2
+    rng = np.random.default_rng(1)
+    sft = rng.normal(size=7)
+    deltas = rng.normal(size=(2, 7))
+    for mu, (k1, k2) in [((0.3, 0.7), (1 / 0.9, 1 / 0.5)), ((1.0, 0.0), (1 / 0.6, 1.0)), ((0.5, 0.5), (2.0, 1 / 0.7))]:
+        x1 = mu[0] * solution1[0] * k1 + mu[1] * solution2[0] * k2
+        x2 = mu[0] * solution1[1] * k1 + mu[1] * solution2[1] * k2
+        x3 = (1 - k1) * mu[0] + (1 - k2) * mu[1]
+        reference = x1 * (sft + deltas[0]) + x2 * (sft + deltas[1]) + x3 * sft
+        c = bonesoup.bone_soup_coefficients(mu, 0.7, k=(k1, k2))
+        assert c == pytest.approx([x1, x2], abs=1e-12)
+        assert np.allclose(sft + np.asarray(c) @ deltas, reference)
+        assert x1 + x2 + x3 == pytest.approx(1.0)  # the weights sum to 1: the delta form drops nothing
+
+
+def test_k_grid_is_the_references():
+    from mobench.methods.mage.bonesoup import k_grid, spread
+
+    assert k_grid() == pytest.approx([1 / 0.9, 1 / 0.8, 1 / 0.7, 1 / 0.6, 2.0])
+    assert min(k_grid()) == pytest.approx(1.1111, abs=1e-4) and max(k_grid()) == 2.0
+    assert spread(list("abcdefgh"), 4) == ["a", "c", "e", "g"] and spread(list("ab"), 5) == ["a", "b"]
+
+
+def test_choose_k_picks_each_objectives_best_merge_at_its_corner(micro_lm):
+    """choose_k's mean z for every (objective, k) equals decoding that very merge and scoring it; the pick is
+    the argmax per objective (ties: the smaller k)."""
+    from mobench.api import Normalisation
+    from mobench.decoding import generate_responses
+    from mobench.merging import merge_lora_adapters
+    from mobench.methods.mage.bonesoup import choose_k, k_grid
+
+    model = _experts_and_backbones(micro_lm[0], 0.7)
+    tok = micro_lm[1]
+
+    class Chars:
+        def __init__(self, name, direction, letter):
+            self.name, self.direction, self.letter = name, direction, letter
+
+        def score(self, prompts, responses):
+            return [float(r.count(self.letter) + len(r) / 100) for r in responses]
+
+    objectives = [Chars("a", 1, "e"), Chars("b", -1, " ")]
+    norm = {"a": Normalisation(1.0, 2.0), "b": Normalisation(3.0, 0.5)}
+    prompts = ["The cat sat on", "Once upon a time"]
+    gen = {"max_new_tokens": 6, "do_sample": False, "batch_size": 3}
+    found = choose_k(model, tok, ["bone0", "bone1"], objectives, norm, prompts, 0.7, gen)
+    assert found["grid"] == k_grid() and found["n_prompts"] == 2
+    for i, o in enumerate(objectives):
+        e = [1.0 if j == i else 0.0 for j in range(2)]
+        want = []
+        for k in k_grid():
+            ks = [k if j == i else 1.0 for j in range(2)]
+            merge_lora_adapters(model, ["bone0", "bone1"], bone_soup_coefficients(e, 0.7, ks), name="probe")
+            texts = generate_responses(model, tok, prompts, max_new_tokens=6, batch_size=2)
+            model.set_adapter("bone0")
+            model.delete_adapter("probe")
+            want.append(sum(norm[o.name].apply(s, o.direction) for s in o.score(prompts, texts)) / 2)
+        assert found["mean_z"][o.name] == pytest.approx(want, abs=1e-9)
+        best = max(want)
+        assert found["k"][i] == k_grid()[want.index(best)]
 
 
 def test_backbones_train_on_the_rows_of_b(monkeypatch):

@@ -1,4 +1,5 @@
-"""MAGE: tree-masked candidate values are exact, the merged proxy at e_i is value model i, alpha = 0 is the base."""
+"""MAGE: tree-masked candidate values are exact, the merged proxy at e_i is value model i, alpha = 0 is the base,
+the reference base with implicit guidance at alpha = 1 over the vocabulary is Rewarded Soups, EOS is reachable."""
 
 from __future__ import annotations
 
@@ -134,13 +135,94 @@ def test_first_token_follows_the_formula(rig):
 
     base = logprobs(["bone0", "bone1"], torch.tensor([bone_soup_coefficients(mu, 0.7)]))
     implicit = logprobs(["dpo_a", "dpo_b"], m) - logprobs([], None)
-    top = base.topk(6).indices
+    top = base.topk(6).indices.tolist() + [tok.eos_token_id]  # the base's top-6, and EOS always
+    assert decoder.eos == [tok.eos_token_id]
     scores = []
-    for v in top.tolist():
+    for v in top:
         value = _value_by_recompute(model, tok, PROMPTS[0], [v], ["value_a", "value_b"], m[0], heads)
         scores.append(float(base[v]) + 0.5 * (float(implicit[v]) + value))  # w_imp * beta = 1, w_exp = 1
-    want = tok.decode([top[max(range(6), key=scores.__getitem__)]], skip_special_tokens=True)
+    want = tok.decode([top[max(range(len(top)), key=scores.__getitem__)]], skip_special_tokens=True)
     assert got == want
+
+
+def _mage_tokens(decoder, tok, prompts, mus, max_new_tokens):
+    """The token ids MageDecoder's loop emits for (prompt, mu) rows (EOS included), greedy."""
+    from mobench.decoding import DecodeSettings, decode_tokens
+
+    decoder._set_rows(mus)
+    settings = DecodeSettings(max_new_tokens, False, 1.0, len(prompts), 0)
+    return decode_tokens(decoder.scorers, decoder.combiner, tok, prompts, mus, settings)
+
+
+GRID5 = [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
+
+
+def test_reference_base_implicit_alpha_one_full_vocabulary_is_rewarded_soups(rig):
+    """s = log pi_ref + 1 * (1/beta) beta (log pi_mu - log pi_ref) = log pi_mu over every token, and pi_mu is the
+    exact LoRA soup sum_i mu_i delta_i: Rewarded Soups' greedy tokens at every preference, token for token.
+    The per-row merge equals the merged adapter up to float error (asserted below 1e-4 on the log-probs)."""
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.decoder import MageDecoder
+    from mobench.methods.mage.rowmerge import row_merged
+    from mobench.merging import merge_lora_adapters
+
+    model, tok, _ = rig
+    settings = MageOptions(base="reference", guidance="implicit", alpha=1.0, candidates="vocabulary")
+    decoder = MageDecoder(model, tok, settings, [], ["dpo_a", "dpo_b"], [], None)
+    ids = tok(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    for mu in GRID5:
+        merge_lora_adapters(model, ["dpo_a", "dpo_b"], list(mu), name="soup")
+        side, tok.padding_side = tok.padding_side, "left"
+        enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+        tok.padding_side = side
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+            soup = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+        want = [row[: row.index(eos) + 1] if eos in row else row for row in out[:, enc["input_ids"].shape[1] :].tolist()]
+        model.set_adapter("bone0")
+        model.delete_adapter("soup")
+        got = _mage_tokens(decoder, tok, PROMPTS, [mu] * len(PROMPTS), 10)
+        assert got == want, mu
+        # the first step's scores are the soup's log-probs over the whole vocabulary (float error only)
+        with row_merged(model, ["dpo_a", "dpo_b"], torch.tensor([mu])):
+            merged = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+        scores = decoder.combiner([_ref_logprobs(model, ids), merged[None]], torch.tensor([mu]))
+        assert torch.isfinite(scores).all() and float((scores[0] - soup).abs().max()) < 1e-4
+
+
+def _ref_logprobs(model, ids):
+    with model.disable_adapter(), torch.no_grad():
+        return torch.log_softmax(model(ids).logits[0, -1].float(), -1)[None]
+
+
+def test_eos_is_reachable_when_guidance_favours_it(rig):
+    """EOS is outside the base's top-2 here, yet with a value head that favours stopping MAGE's first token is EOS
+    (the candidates always hold EOS); at alpha = 0 the base's first token comes out instead."""
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.decoder import MageDecoder
+    from mobench.methods.mage.rowmerge import row_merged
+    from mobench.methods.mage.value import hidden_states
+
+    model, tok, _ = rig
+    eos = tok.eos_token_id
+    ids = tok(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    base = _ref_logprobs(model, ids)[0]
+    assert eos not in base.topk(2).indices.tolist()
+    with row_merged(model, ["value_a", "value_b"], torch.tensor([[1.0, 0.0]])):
+        h = hidden_states(model, torch.cat([ids, torch.tensor([[eos]])], 1), torch.ones(1, ids.shape[1] + 1)).last_hidden_state[0, -1]
+    # V_a(x, v) = 10 h(v).h(EOS)/|h(EOS)|^2: 10 at EOS and less at any other v (RMS-normed states share one norm)
+    weight = torch.stack([10 * h / h.dot(h), torch.zeros_like(h)])
+    heads = (weight, torch.zeros(2))
+    mu = [(1.0, 0.0)]
+    for alpha, first_is_eos in [(50.0, True), (0.0, False)]:
+        settings = MageOptions(base="reference", guidance="explicit", alpha=alpha, top_k=2)
+        decoder = MageDecoder(model, tok, settings, [], [], ["value_a", "value_b"], heads)
+        got = _mage_tokens(decoder, tok, PROMPTS[:1], mu, 3)[0]
+        assert (got == [eos]) is first_is_eos
+        if not first_is_eos:
+            assert got[0] == int(base.argmax())
+    assert MageDecoder(model, tok, MageOptions(), ["bone0", "bone1"], ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads).eos == [eos]
 
 
 def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_path, monkeypatch):
@@ -150,7 +232,7 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
 
     from mobench.api import RunContext, TaskInstance
     from mobench.methods.mage import Mage, MageOptions
-    from mobench.methods.mage.value import TRAIN_INFO, train_value_models
+    from mobench.methods.mage.value import TRAIN_INFO, for_task, train_value_models
     from mobench.models import micro_causal_lm
     from mobench.training import load_experts, training_prompts
 
@@ -170,7 +252,7 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
         "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
         "backbones.n_prompts": 4, "backbones.lora_r": 4,
         "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
-        "value.n_rollouts": 4, "value.max_new_tokens": 4, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
+        "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
     })
     context = RunContext(seed=0, device="cpu")
     method = Mage(options)
@@ -183,10 +265,17 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
     # The DPO experts are the shared cached ones (rewarded-soups' keys); value models record real losses.
     experts = load_experts(task.policy, task.pairs, options.experts, context, objectives=task.objective_names)
     assert {f"dpo_{k}": str(v) for k, v in experts.items()}.items() <= adapters.items()
-    prompts = training_prompts(task, options.value.n_rollouts, context.seed)
-    values = train_value_models(task.policy, task.objectives, task.normalisation, prompts, options.value, context)
+    # Value models: rollouts at the task's length (4) on 4 + 2 training prompts, the last 2 held out for the fit.
+    value = for_task(options.value, task.generation.max_new_tokens)
+    prompts = training_prompts(task, 6, context.seed, value.max_prompt_chars)
+    values = train_value_models(task.policy, task.objectives, task.normalisation, prompts, value, context)
     record = json.loads((values["brevity"] / TRAIN_INFO).read_text())
-    assert record["n_rollouts"] == 4 and len(record["losses"]) == 2
+    assert record["n_rollouts"] == 4 and record["n_heldout"] == 2 and len(record["losses"]) == 2
+    assert str(values["brevity"]) == adapters["value_brevity"]  # the very model prepare trained
+    fit = method.provenance()["value_fit"]["brevity"]
+    assert fit["heldout_fit"] == record["heldout_fit"] and fit["heldout_fit"]["n"] == 2
+    # Bone-Soup k: no validation prompts in this task, so k = 1 and the provenance says why
+    assert method.provenance()["bone_soup_k"] == {"k": [1.0, 1.0], "rule": "the task has no validation prompts: k = 1 (no rescaling)"}
     # The reference-base ablation needs no backbones and decodes the same rows.
     ref = Mage(options.replace({"base": "reference"}))
     ref.prepare(task, context)
@@ -200,14 +289,17 @@ def test_options_keep_the_budgets_mage_trained_with_before():
     tiny, paper = MageOptions.preset("tiny"), MageOptions.preset("paper")
     assert tiny == MageOptions()  # the defaults are the tiny scale
     # What task.budgets["value_head"] over VALUE_DEFAULTS gave before the options moved here.
+    # Value models since issue 12: the evaluation's length (None: the task's), 16 held-out rollouts, prompts of
+    # <= 1200 characters and 40 steps: about half the padded training tokens of before on hh and summarize.
     assert tiny.value.to_dict() == {"lora_r": 8, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all-linear",
-                                    "n_rollouts": 64, "max_new_tokens": 32, "temperature": 1.0, "steps": 50,
-                                    "batch_size": 8, "learning_rate": 1e-3}
+                                    "n_rollouts": 64, "n_heldout": 16, "max_new_tokens": None, "max_prompt_chars": 1200,
+                                    "temperature": 1.0, "steps": 40, "batch_size": 8, "learning_rate": 1e-3}
     assert (paper.value.n_rollouts, paper.value.steps, paper.value.learning_rate, paper.value.lora_r) == (10000, 2000, 1e-4, 64)
-    assert (paper.value.max_new_tokens, paper.value.temperature, paper.value.batch_size) == (32, 1.0, 8)
+    assert (paper.value.max_new_tokens, paper.value.temperature, paper.value.batch_size) == (None, 1.0, 8)
     assert (tiny.experts.beta, tiny.experts.steps, tiny.experts.lora_r, paper.experts.steps) == (0.1, 32, 16, 1000)
     assert (tiny.backbones.steps, tiny.backbones.num_generations, paper.backbones.steps) == (8, 4, 500)
     assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 1.0, 8, 1.0)
+    assert (tiny.candidates, tiny.top_p, tiny.k_prompts) == ("top-k", 0.9, 8)
     assert tiny.w_implicit == pytest.approx(10.0) and tiny.w_explicit == 1.0  # w_imp = 1/beta
     assert MageOptions(guidance="implicit").w_explicit == 0.0 and MageOptions(guidance="explicit").w_implicit == 0.0
 

@@ -269,3 +269,53 @@ def test_decoder_sets_each_scorers_row_coefficients():
     merged.model = _Dev()
     merged._set_rows(mus)
     assert torch.equal(merged.scorers[2].coefficients, torch.tensor(mus)) and torch.equal(merged.scorers[3].coefficients, torch.tensor(mus))
+
+
+# --- candidate rules: EOS always in, top-p inside the top-k, the whole vocabulary ----------------------
+
+
+def test_eos_is_always_a_candidate_and_a_duplicate_keeps_its_score():
+    from mobench.methods.mage.guidance import candidate_ids
+
+    base = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -5.0], [0.0, 1.0, 2.0, 3.0, -9.0, 4.0]]), -1)
+    ids, allowed = candidate_ids(base, "top-k", 2, eos=[4])
+    assert ids.tolist() == [[0, 1, 4], [5, 3, 4]] and allowed.all()
+    g = torch.zeros_like(base)
+    g[:, 4] = 20.0  # guidance says stop
+    comb = mage_combiner({"base": 0, "ref": None, "explicit": [1], "ensemble": False}, 2, 1.0, 0.0, 1.0, 1.0, eos=[4])
+    got = comb([base, g], torch.ones(2, 1))
+    assert got.argmax(-1).tolist() == [4, 4]  # EOS is ranked 5th by both bases, yet reachable
+    assert torch.isneginf(got).sum() == 2 * (6 - 3)
+    torch.testing.assert_close(got[:, 4], base[:, 4] + 20.0)
+    # EOS already inside the top-k: listed twice, one score; top-p dropping the top-k copy keeps the forced one
+    comb = mage_combiner({"base": 0, "ref": None, "explicit": [1], "ensemble": False}, 3, 1.0, 0.0, 1.0, 1.0,
+                         rule="top-p", top_p=0.5, eos=[1])
+    got = comb([base, torch.zeros_like(base)], torch.ones(2, 1))
+    torch.testing.assert_close(got[0, 1], base[0, 1])
+
+
+def test_top_p_keeps_the_base_nucleus_within_the_top_k():
+    from mobench.methods.mage.guidance import candidate_ids
+
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    base = probs.log()
+    ids, allowed = candidate_ids(base, "top-p", 4, top_p=0.8)
+    assert ids.tolist() == [[0, 1, 2, 3]] and allowed.tolist() == [[True, True, False, False]]  # mass above < 0.8
+    assert candidate_ids(base, "top-p", 4, top_p=0.81)[1].tolist() == [[True, True, True, False]]
+    assert candidate_ids(base, "top-p", 4, top_p=0.01)[1].tolist() == [[True, False, False, False]]  # the first always
+    assert candidate_ids(base, "vocabulary", 4) == (None, None)
+    comb = mage_combiner({"base": 0, "ref": None, "implicit": [1], "ensemble": False}, 2, 0.5, 1.0, 0.0, 1.0,
+                         rule="vocabulary", eos=[3])
+    other = torch.log_softmax(torch.tensor([[0.0, 0.0, 0.0, 9.0]]), -1)
+    torch.testing.assert_close(comb([base, other], torch.ones(1, 1)), base + 0.5 * (other - base))  # every token
+
+
+def test_vocabulary_candidates_refuse_explicit_guidance():
+    from mobench.api import MobenchError
+    from mobench.methods.mage import MageOptions
+
+    with pytest.raises(MobenchError, match="vocabulary needs guidance=implicit"):
+        MageOptions(candidates="vocabulary").check_all()
+    MageOptions(candidates="vocabulary", guidance="implicit").check_all()
+    with pytest.raises(MobenchError, match="top_p"):
+        MageOptions(top_p=0.0).check_all()

@@ -194,9 +194,10 @@ def test_bone_soup_coefficients_solve_the_transposed_system(mu, t, data):
     B = np.asarray(mixing_matrix(m, b))
     assert np.allclose(B.sum(axis=1), 1.0) and np.all(np.diag(B) >= B.max(axis=1) - 1e-12)
     c = np.asarray(bone_soup_coefficients(mu, b, k))
-    assert np.allclose(B.T @ (c / np.asarray(k)), mu, atol=1e-9)
+    assert np.allclose(B.T @ c, np.asarray(k) * np.asarray(mu), atol=1e-9)  # c = (B^T)^-1 diag(k) mu
     plain = np.asarray(bone_soup_coefficients(mu, b))
-    assert np.allclose(plain, c / np.asarray(k), atol=1e-9) and plain.sum() == pytest.approx(1.0)
+    assert np.allclose(B.T @ plain, mu, atol=1e-9) and plain.sum() == pytest.approx(1.0)
+    assert c.sum() == pytest.approx(float(np.dot(k, mu)))  # the rest, sum_i (1 - k_i) mu_i, stays on the reference
 
 
 @given(finite, finite, st.floats(min_value=1e-3, max_value=1e3))

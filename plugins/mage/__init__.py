@@ -1,12 +1,14 @@
 """MAGE (Merge And GuidE, Xie et al. 2025): a Bone-Soup base guided by one preference-merged value model.
 
 Stage 1, base: m backbones trained by MORLHF (RLOO, LoRA) on the rows of B = b I + (1-b)/(m-1) (J - I);
-row r's base is the exact LoRA merge theta_base(mu) = theta_ref + sum_j c_j delta_j, c = diag(k) (B^T)^-1 mu.
+row r's base is the exact LoRA merge theta_base(mu) = theta_ref + sum_j c_j delta_j, c = (B^T)^-1 diag(k) mu
+(Bone Soups' rescaling: weight 1 - k_i on the reference; k_i = 1/(1 - a) chosen per objective on the task's
+validation prompts, bonesoup.py).
 Stage 2, proxy: per-objective DPO experts pi_i (implicit) and value models V_i = LoRA_i + head_i regressed on
 the z-scores of scored rollouts of the reference policy (explicit), merged by mu in weight space:
 pi_mu = theta_ref + sum_i mu_i delta_dpo_i, V_mu = (theta_ref + sum_i mu_i delta_value_i, sum_i mu_i head_i).
-Decoding: at each step, with T_k the base's top-k next tokens, the next token maximises (greedy) or is sampled
-from softmax(s / temperature) over T_k of
+Decoding: at each step, with T the candidates (the base's top-k next tokens plus EOS by default; the rules are
+in guidance.py), the next token maximises (greedy) or is sampled from softmax(s / temperature) over T of
 
     s(v) = log pi_base(mu)(v | x, y<t) + alpha * g(v),
     g(v) = w_imp * beta * [log pi_mu(v | x, y<t) - log pi_ref(v | x, y<t)] + w_exp * V_mu(x, y<t v),
@@ -15,7 +17,7 @@ beta the DPO experts' beta, w_imp = 1/beta by default (the implicit term is then
 (V in z-units), alpha = 1. guidance=implicit sets w_exp = 0, explicit sets w_imp = 0; proxy=ensemble replaces
 the merged proxy by sum_i mu_i [beta (log pi_i - log pi_ref)] and sum_i mu_i V_i(x, y<t v) (one model each);
 base=reference decodes from pi_ref (then log pi_ref is the base itself). Constants are MageOptions' fields
-(``mobench options mage``): b, k, alpha, top_k, implicit_weight, explicit_weight, and experts.beta.
+(``mobench options mage``): b, k, alpha, candidates, top_k, top_p, implicit_weight, explicit_weight, experts.beta.
 
 The package: bonesoup.py (mixing matrix, merge coefficients, backbones), value.py (explicit value models and
 their budget), rowmerge.py (per-row exact LoRA merges), guidance.py (scorers and the combiner for the shared
@@ -25,6 +27,7 @@ decoding loop), decoder.py (MageDecoder, which assembles them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from mobench import hookimpl
@@ -46,9 +49,16 @@ class MageOptions(Options):
     base: Literal["bonesoup", "reference"] = option(
         "bonesoup", "the policy guided: the Bone-Soup merge of the backbones, or the reference policy")
     b: float = option(0.7, "Bone-Soup mixing: backbone j's reward weights are b on objective j, (1-b)/(m-1) elsewhere")
-    k: tuple[float, ...] | None = option(None, "Bone-Soup rescaling of each backbone's merge coefficient (None: all 1)")
+    k: tuple[float, ...] | None = option(
+        None, "Bone-Soup rescaling k_i per objective, c = (B^T)^-1 diag(k) mu (None: each k_i = 1/(1-a), a in "
+        "0.1..0.5, the best of the base at e_i on the task's validation prompts, as in the reference; 1 without them)")
+    k_prompts: int = option(8, "validation prompts the k search decodes (evenly spaced over the task's validation prompts)")
     alpha: float = option(1.0, "guidance strength: s = log pi_base + alpha g")
-    top_k: int = option(8, "candidates per step: the base's top-k next tokens, re-scored by the guidance")
+    candidates: Literal["top-k", "top-p", "vocabulary"] = option(
+        "top-k", "candidates per step, EOS always added: the base's top_k tokens; those of them inside the base's "
+        "top_p nucleus; or the whole vocabulary (implicit guidance only)")
+    top_k: int = option(8, "candidates per step: the base's top-k next tokens (plus EOS), re-scored by the guidance")
+    top_p: float = option(0.9, "nucleus mass of the top-p candidate rule (within the top_k tokens)")
     implicit_weight: float | None = option(None, "w_imp, the implicit term's weight (None: 1/beta, the plain log-ratio)")
     explicit_weight: float = option(1.0, "w_exp, the explicit value's weight (values are in z-units)")
     experts: DpoBudget = budget(DpoBudget, "the per-objective DPO experts (implicit guidance; beta is the DPO beta)")
@@ -62,6 +72,15 @@ class MageOptions(Options):
             raise MobenchError(f"mage top_k must be >= 1, got {self.top_k}")
         if not 0 < self.b <= 1:
             raise MobenchError(f"mage b must lie in (1/m, 1] for m objectives, got {self.b:g}")
+        if not 0 < self.top_p <= 1:
+            raise MobenchError(f"mage top_p must lie in (0, 1], got {self.top_p:g}")
+        if self.k_prompts < 1:
+            raise MobenchError(f"mage k_prompts must be >= 1, got {self.k_prompts}")
+        if self.k is not None and any(not float(x) > 0 for x in self.k):
+            raise MobenchError(f"mage k factors must be positive, got {list(self.k)}")
+        if self.candidates == "vocabulary" and self.uses_explicit:
+            raise MobenchError("mage candidates=vocabulary needs guidance=implicit: the value heads score one "
+                               "forward position per candidate, not the whole vocabulary")
 
     @property
     def uses_implicit(self) -> bool:
@@ -97,16 +116,16 @@ class Mage(Method):
         self.options: MageOptions
         self.decoder = None
         self.pieces: dict[str, Any] = {}
+        self._loaded: dict[str, Any] = {}
 
     def prepare(self, task: TaskInstance, context: RunContext) -> None:
         """Train or load the backbones, DPO experts and value models the options need; build the decoder."""
         import torch
 
-        from mobench.training import load_experts, load_policy_with_adapters, resolve_device, training_prompts
+        from mobench.training import context_dtype, load_experts, load_policy_with_adapters, resolve_device, training_prompts
 
         from .bonesoup import train_backbones
-        from .decoder import MageDecoder
-        from .value import load_head, train_value_models
+        from .value import fit_record, for_task, load_head, train_value_models
 
         if len(task.objectives) < 2:
             raise MobenchError(f"mage needs at least 2 objectives; task {task.name!r} has {len(task.objectives)}")
@@ -116,30 +135,77 @@ class Mage(Method):
             raise MobenchError(f"mage k has {len(opts.k)} factors for {len(names)} objectives")
         adapters: dict[str, str] = {}
         if opts.base == "bonesoup":
-            rl = opts.backbones
+            rl = opts.backbones.at_length(task.generation)  # RL samples as long as the evaluation's
             prompts = training_prompts(task, rl.n_prompts, context.seed, rl.max_prompt_chars)  # morlhf's prompts
             paths = train_backbones(task.policy, task.objectives, task.normalisation, opts.b, prompts, rl, context)
             adapters.update({f"bone{j}": str(p) for j, p in enumerate(paths)})
         if opts.uses_implicit:  # the same cached experts as rewarded-soups at the same DPO budget
             experts = load_experts(task.policy, task.pairs, opts.experts, context, objectives=names)
             adapters.update({f"dpo_{n}": str(experts[n]) for n in names})
-        heads = None
-        if opts.uses_explicit:
-            prompts = training_prompts(task, opts.value.n_rollouts, context.seed)
-            values = train_value_models(task.policy, task.objectives, task.normalisation, prompts, opts.value, context)
+        heads, fits = None, {}
+        if opts.uses_explicit:  # rollouts at the evaluation's length, EOS kept; the last n_heldout for the fit
+            value = for_task(opts.value, task.generation.max_new_tokens)
+            prompts = training_prompts(task, value.n_rollouts + value.n_heldout, context.seed, value.max_prompt_chars)
+            values = train_value_models(task.policy, task.objectives, task.normalisation, prompts, value, context)
             adapters.update({f"value_{n}": str(values[n]) for n in names})
             loaded = [load_head(values[n]) for n in names]
             heads = (torch.cat([w for w, _ in loaded]), torch.cat([b for _, b in loaded]))
+            fits = {n: fit_record(values[n]) for n in names}
         device = resolve_device(context)
-        model, tok = load_policy_with_adapters(task.policy, adapters, device) if adapters else _plain(task.policy, device)
-        self.pieces = {"adapters": adapters}
-        self.decoder = MageDecoder(
-            model, tok, opts,
-            backbones=[a for a in adapters if a.startswith("bone")],
-            experts=[f"dpo_{n}" for n in names] if opts.uses_implicit else [],
-            values=[f"value_{n}" for n in names] if opts.uses_explicit else [],
-            heads=heads,
-        )
+        dtype = context_dtype(context)
+        model, tok = (load_policy_with_adapters(task.policy, adapters, device, dtype=dtype) if adapters
+                      else _plain(task.policy, device, dtype))
+        backbones = [a for a in adapters if a.startswith("bone")]
+        k = self.bone_soup_k(task, context, model, tok, [adapters[b] for b in backbones]) if backbones else None
+        self.pieces = {"adapters": adapters, "value_fit": fits, "bone_soup_k": k}
+        self._loaded = {
+            "model": model, "tokenizer": tok, "backbones": backbones, "heads": heads, "k": k["k"] if k else None,
+            "experts": [f"dpo_{n}" for n in names] if opts.uses_implicit else [],
+            "values": [f"value_{n}" for n in names] if opts.uses_explicit else [],
+        }
+        self.decoder = self.decoder_for(opts)
+
+    def decoder_for(self, options: MageOptions):
+        """A MageDecoder over the prepared pieces with other decoding constants (alpha, candidates, top_k, top_p,
+        implicit_weight, explicit_weight): what a decoding-only sweep varies. Anything else needs a new prepare."""
+        from .decoder import MageDecoder
+
+        decoding = {"alpha", "candidates", "top_k", "top_p", "implicit_weight", "explicit_weight"}
+        new, old = options.to_dict(), self.options.to_dict()
+        changed = {f for f in new if new[f] != old[f]} - decoding
+        if changed:
+            raise MobenchError(f"mage decoder_for changes only decoding constants, not {', '.join(sorted(changed))}")
+        p = self._loaded
+        return MageDecoder(p["model"], p["tokenizer"], options, backbones=p["backbones"], experts=p["experts"],
+                           values=p["values"], heads=p["heads"], k=p["k"])
+
+    def bone_soup_k(self, task: TaskInstance, context: RunContext, model, tokenizer, folders: list[str]) -> dict[str, Any]:
+        """The Bone-Soup rescaling: the option k if set, else the reference's rule on the task's validation prompts.
+
+        ``model`` holds the backbones as adapters bone0..bone{m-1} (``folders``: their cached artifacts). The
+        choice is cached (kind bonesoup-k), keyed by the backbones, b, the prompts, the objectives and decoding.
+        """
+        from mobench.api import prompts_sha256
+
+        from .bonesoup import choose_k, spread
+
+        opts, m = self.options, len(task.objectives)
+        if opts.k is not None:
+            return {"k": [float(x) for x in opts.k], "rule": "the option k"}
+        if not task.validation_prompts:
+            return {"k": [1.0] * m, "rule": "the task has no validation prompts: k = 1 (no rescaling)"}
+        prompts = spread(task.validation_prompts, opts.k_prompts)
+        key = {
+            "rule": "bone-soups-reference: per objective, argmax over k = 1/(1-a) of mean z_i at mu = e_i",
+            "backbones": [Path(f).name for f in folders], "b": float(opts.b),  # artifact names hash their keys
+            "prompts": {"sha256": prompts_sha256(prompts), "n": len(prompts)},
+            "objectives": [{"name": o.name, "direction": o.direction, "provenance": o.provenance()} for o in task.objectives],
+            "normalisation": {n: [v.mean, v.std] for n, v in sorted(task.normalisation.items())},
+            "generation": task.generation.to_dict(), "seed": context.seed,
+        }
+        found = choose_k(model, tokenizer, [f"bone{j}" for j in range(m)], task.objectives, task.normalisation, prompts,
+                         opts.b, task.generation, context.seed, key=key)
+        return {**found, "rule": "validation prompts: per objective, the k = 1/(1-a), a in 0.1..0.5, of best mean z at e_i"}
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
         """All (prompt, preference) rows guided in batches of the task's generation batch size."""
@@ -147,14 +213,15 @@ class Mage(Method):
         return self.decoder.generate(prompts, preferences, task.generation, context.seed, context.progress)
 
     def provenance(self) -> dict[str, Any]:
-        """The options, the formula (this module's docstring) and the adapters loaded."""
+        """The options, the formula (this module's docstring), the adapters loaded, the value models' held-out
+        fit (value_fit) and the Bone-Soup k with how it was chosen (bone_soup_k)."""
         return {**super().provenance(), "formula": __doc__, **self.pieces}
 
 
-def _plain(policy: str, device: str):
+def _plain(policy: str, device: str, dtype=None):
     from mobench.models import load_causal_lm
 
-    return load_causal_lm(policy, device=device)
+    return load_causal_lm(policy, device=device, dtype=dtype)
 
 
 VARIANTS = {

@@ -14,12 +14,21 @@ class MageDecoder:
     """Guided decoding over a PeftModel holding backbone (bone*), DPO (dpo*) and value (value*) adapters."""
 
     def __init__(self, model, tokenizer, settings: "MageOptions", backbones: Sequence[str] = (),
-                 experts: Sequence[str] = (), values: Sequence[str] = (), heads=None):
-        """``settings``: MAGE's options (switches and constants; beta is ``settings.experts.beta``)."""
+                 experts: Sequence[str] = (), values: Sequence[str] = (), heads=None, k: Sequence[float] | None = None,
+                 eos: Sequence[int] | None = None):
+        """``settings``: MAGE's options (switches and constants; beta is ``settings.experts.beta``).
+
+        ``k``: the Bone-Soup rescaling (default ``settings.k``; None: all 1); ``eos``: the ids always added to
+        the candidates (default: the model's end-of-sequence ids, :func:`mobench.decoding.eos_ids`).
+        """
+        from mobench.decoding import eos_ids
+
         from .guidance import MergedScorer, ValueScorer, mage_combiner
 
         settings.check_all()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.k = settings.k if k is None else tuple(float(x) for x in k)
+        self.eos = list(eos) if eos is not None else (eos_ids(model, tokenizer) if model is not None else [])
         self.backbones, self.experts, self.values = list(backbones), list(experts), list(values)
         if settings.base == "bonesoup" and not self.backbones:
             raise MobenchError("a Bone-Soup base needs backbone adapters")
@@ -46,11 +55,14 @@ class MageDecoder:
             layout["explicit"] = []
             for group in groups:
                 names = [self.values[i] for i in group]
-                self._add(ValueScorer(model, names, (weight[group], bias[group]), self.base, settings.top_k), "one" if ensemble else "mu")
+                scorer = ValueScorer(model, names, (weight[group], bias[group]), self.base, settings.top_k, rule=settings.candidates,
+                                     eos=self.eos)
+                self._add(scorer, "one" if ensemble else "mu")
                 layout["explicit"].append(len(self.scorers) - 1)
         self.layout = layout
-        self.combiner = mage_combiner(layout, int(settings.top_k), float(settings.alpha),
-                                      settings.w_implicit, settings.w_explicit, float(settings.experts.beta))
+        self.combiner = mage_combiner(layout, int(settings.top_k), float(settings.alpha), settings.w_implicit,
+                                      settings.w_explicit, float(settings.experts.beta), rule=settings.candidates,
+                                      top_p=float(settings.top_p), eos=self.eos)
 
     def _add(self, scorer, role: str) -> None:
         self.scorers.append(scorer)
@@ -64,7 +76,7 @@ class MageDecoder:
         device = self.model.device
         for scorer, role in zip(self.scorers, self.roles):
             if role == "bone-soup":
-                c = [bone_soup_coefficients(mu, self.settings.b, self.settings.k) for mu in mus] if scorer.adapters else None
+                c = [bone_soup_coefficients(mu, self.settings.b, self.k) for mu in mus] if scorer.adapters else None
                 scorer.coefficients = torch.tensor(c, dtype=torch.float32, device=device) if c else None
             elif role == "mu":
                 scorer.coefficients = torch.tensor(mus, dtype=torch.float32, device=device)

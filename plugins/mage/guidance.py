@@ -1,7 +1,11 @@
 """MAGE's scorers and combiner for the shared decoding loop (mobench.decoding).
 
-Scorers keep their own KV caches on one shared PeftModel; each row runs its own weight-space merge
-(rowmerge.py). The value scorer evaluates V on the base's top-k candidates of the step with one
+Candidates (:func:`candidate_ids`, the option ``candidates``): the base's top-k next tokens ("top-k"), the
+part of them inside the base's nucleus of mass top_p ("top-p", at most top_k tokens), or the whole
+vocabulary ("vocabulary", implicit guidance only: the value heads would need one forward position per token).
+The end-of-sequence ids are always added (after short answers the base ranks EOS 12th or lower, so a top-8
+rule alone could never stop where guidance wants to). Scorers keep their own KV caches on one shared PeftModel; each row runs its own weight-space merge
+(rowmerge.py). The value scorer evaluates V on the step's candidates of the step with one
 forward of [previous token, k candidates] under a tree mask (candidates see the prefix and themselves, not
 each other), then crops the candidates out of its cache.
 """
@@ -13,6 +17,36 @@ from typing import Sequence
 from mobench.api import MobenchError
 
 from .rowmerge import row_merged
+
+
+CANDIDATE_RULES = ("top-k", "top-p", "vocabulary")
+
+
+def candidate_ids(base, rule: str, top_k: int, top_p: float = 1.0, eos: Sequence[int] = ()):
+    """The step's candidates from the base's next-token log-probs [rows, V]: (ids [rows, n], allowed [rows, n]).
+
+    top-k and top-p: the base's top_k ids then the ``eos`` ids (n = top_k + len(eos); an EOS already in the
+    top-k appears twice, with the same score); top-p allows a top-k token only while the base mass of the
+    tokens ranked above it is below top_p (the first always). ``vocabulary``: (None, None), every token.
+    """
+    import torch
+
+    if rule == "vocabulary":
+        return None, None
+    if rule not in CANDIDATE_RULES:
+        raise MobenchError(f"unknown candidate rule {rule!r} (known: {', '.join(CANDIDATE_RULES)})")
+    top = base.topk(int(top_k), dim=-1)
+    allowed = torch.ones_like(top.indices, dtype=torch.bool)
+    if rule == "top-p":
+        above = torch.cumsum(top.values.exp(), dim=-1) - top.values.exp()  # mass ranked strictly above each token
+        allowed = above < float(top_p)
+        allowed[:, 0] = True
+    ids, extra = top.indices, [int(e) for e in eos if 0 <= int(e) < base.shape[-1]]
+    if extra:
+        forced = torch.tensor(extra, device=ids.device, dtype=ids.dtype).expand(ids.shape[0], -1)
+        ids = torch.cat([ids, forced], dim=1)
+        allowed = torch.cat([allowed, torch.ones_like(forced, dtype=torch.bool)], dim=1)
+    return ids, allowed
 
 
 class MergedScorer:
@@ -65,16 +99,19 @@ def tree_mask(prefix_mask, new: int, k: int, dtype):
 
 
 class ValueScorer:
-    """V_mu(x, y_<t v) for the base's top-k candidates v; returns [rows, vocab] with values at those k ids.
+    """V_mu(x, y_<t v) for the step's candidates v (:func:`candidate_ids`); returns [rows, vocab], values at those ids.
 
     Row r's value model is the merge sum_i mu[r, i] (LoRA_i, head_i): LoRA deltas merged per row, heads
     merged per row (exact, the head is linear). ``heads`` is (weight [m, H], bias [m]).
     """
 
-    def __init__(self, model, adapters: Sequence[str], heads, base: MergedScorer, top_k: int, name: str = "value"):
+    def __init__(self, model, adapters: Sequence[str], heads, base: MergedScorer, top_k: int, name: str = "value",
+                 rule: str = "top-k", eos: Sequence[int] = ()):
+        if rule == "vocabulary":
+            raise MobenchError("explicit value guidance needs a top-k or top-p candidate rule, not the whole vocabulary")
         self.model, self.adapters, self.name = model, list(adapters), name
         self.head_weight, self.head_bias = heads
-        self.base, self.top_k = base, int(top_k)
+        self.base, self.top_k, self.rule, self.eos = base, int(top_k), rule, list(eos)
         self.coefficients = None
         self.cache = None
 
@@ -88,7 +125,7 @@ class ValueScorer:
 
         if self.base.last is None:
             raise MobenchError("the value scorer must come after the base scorer")
-        candidates = self.base.last.topk(self.top_k, dim=-1).indices  # [rows, k]
+        candidates, _ = candidate_ids(self.base.last, self.rule, self.top_k, 1.0, self.eos)  # [rows, k]
         new, k = input_ids.shape[1], candidates.shape[1]
         ids = torch.cat([input_ids, candidates], dim=1)
         positions = torch.cat([position_ids, (position_ids[:, -1:] + 1).expand(-1, k)], dim=1)
@@ -107,11 +144,13 @@ class ValueScorer:
         return full.scatter(1, candidates, values)
 
 
-def mage_combiner(layout: dict, top_k: int, alpha: float, implicit_weight: float, explicit_weight: float, beta: float):
-    """s(v) = log pi_base(v) + alpha g(v) on the base's top-k (others -inf); g as in the package docstring (plugins/mage/__init__.py).
+def mage_combiner(layout: dict, top_k: int, alpha: float, implicit_weight: float, explicit_weight: float, beta: float,
+                  rule: str = "top-k", top_p: float = 1.0, eos: Sequence[int] = ()):
+    """s(v) = log pi_base(v) + alpha g(v) on the step's candidates (others -inf); g as in the package docstring.
 
-    ``layout`` names scorer indices: base, ref (None: the base is the reference), implicit (merged: one index;
-    ensemble: one per objective), explicit (likewise), and ``ensemble`` (bool).
+    Candidates: :func:`candidate_ids` (``rule``, ``top_k``, ``top_p``, the forced ``eos`` ids). ``layout`` names
+    scorer indices: base, ref (None: the base is the reference), implicit (merged: one index; ensemble: one
+    per objective), explicit (likewise), and ``ensemble`` (bool).
     """
     import torch
 
@@ -132,9 +171,12 @@ def mage_combiner(layout: dict, top_k: int, alpha: float, implicit_weight: float
                     g = g + explicit_weight * mu[:, i : i + 1] * logprobs[idx]
             else:
                 g = g + explicit_weight * logprobs[layout["explicit"][0]]
-        top = base.topk(top_k, dim=-1).indices
-        scores = torch.full_like(base, float("-inf"))
-        picked = base.gather(1, top) + alpha * g.gather(1, top)
-        return scores.scatter(1, top, picked)
+        ids, allowed = candidate_ids(base, rule, top_k, top_p, eos)
+        if ids is None:
+            return base + alpha * g
+        picked = base.gather(1, ids) + alpha * g.gather(1, ids)
+        picked = picked.masked_fill(~allowed, float("-inf"))
+        # amax: an id listed twice (EOS inside the top-k) keeps its allowed score, whatever the order
+        return torch.full_like(base, float("-inf")).scatter_reduce(1, ids, picked, reduce="amax", include_self=True)
 
     return combine

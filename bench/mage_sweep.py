@@ -1,0 +1,136 @@
+"""MAGE's decoding-only sweep on a task's VALIDATION prompts: HV per (alpha, candidate rule), and the chosen default.
+
+The trained pieces (backbones, DPO experts, value models, the Bone-Soup k) come from the artifact cache, built
+once by the method's own ``prepare``; each setting only decodes. Every setting decodes the task's validation
+prompts (disjoint from its evaluation prompts and from every training prompt) at the task's grid, is scored by
+the task's objectives, normalised by its calibration and summarised by the hypervolume against its reference
+point (mobench.metrics, as the leaderboard does) and the grid's Spearman controllability. The default is the
+setting of highest HV (ties: the first listed). Evaluation prompts are never decoded. Examples:
+    python bench/mage_sweep.py --task hh                       # alpha in {0.25, 0.5, 1, 2} x {top-k, top-p}
+    python bench/mage_sweep.py --task summarize --method mage-implicit --rules top-k,vocabulary --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+ALPHAS = (0.25, 0.5, 1.0, 2.0)
+RULES = ("top-k", "top-p")
+
+
+def settings_grid(alphas: Sequence[float], rules: Sequence[str]) -> list[dict[str, Any]]:
+    """The settings swept: every (alpha, candidate rule), alpha varying fastest."""
+    return [{"alpha": float(a), "candidates": r} for r in rules for a in alphas]
+
+
+def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points: int | None = None,
+          progress=None) -> dict[str, Any]:
+    """Decode ``task.validation_prompts`` at the grid under each setting with a prepared Mage ``method``.
+
+    Returns {"rows": [{setting, hv, spearman, points, seconds}], "default": the best row's setting, ...}.
+    """
+    from mobench.api import MobenchError
+    from mobench.grid import simplex_grid
+    from mobench.metrics import controllability, hypervolume
+    from mobench.runner import score_point
+
+    prompts = list(task.validation_prompts)
+    if not prompts:
+        raise MobenchError(f"task {task.name!r} has no validation prompts: the sweep never tunes on evaluation prompts")
+    leaked = set(prompts) & set(task.prompts)
+    if leaked:
+        raise MobenchError(f"{len(leaked)} validation prompts are evaluation prompts")
+    names = task.objective_names
+    preferences = simplex_grid(len(names), grid_points or task.grid_points)
+    rows = []
+    for setting in settings:
+        start = time.perf_counter()
+        decoder = method.decoder_for(method.options.replace(dict(setting)))
+        outputs = decoder.generate(prompts, preferences, task.generation, context.seed, progress)
+        points = []
+        for responses in outputs:
+            _, _, normalised, _ = score_point(task, prompts, responses)
+            points.append([normalised[n] for n in names])
+        weights = [list(p.weights) for p in preferences]
+        rows.append({
+            "setting": dict(setting),
+            "hv": hypervolume(points, task.reference_point),
+            "spearman": controllability(weights, points)["spearman"],
+            "points": {",".join(f"{w:g}" for w in p.weights): dict(zip(names, pt)) for p, pt in zip(preferences, points)},
+            "seconds": round(time.perf_counter() - start, 2),
+        })
+    best = max(range(len(rows)), key=lambda i: (rows[i]["hv"], -i))
+    return {
+        "task": task.name, "scale": task.scale, "method": method.name, "objectives": names,
+        "n_validation_prompts": len(prompts), "grid": [list(p.weights) for p in preferences],
+        "reference_point": list(task.reference_point), "bone_soup_k": method.pieces.get("bone_soup_k"),
+        "value_fit": method.pieces.get("value_fit"), "rows": rows, "default": rows[best]["setting"],
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The sweep as a Markdown table (one row a setting, the chosen default marked) and the default's line."""
+    names = result["objectives"]
+    corners = [",".join("1" if j == i else "0" for j in range(len(names))) for i in range(len(names))]
+    head = ["alpha", "candidates", "HV", "Spearman"] + [f"z {n} at e_{n}" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        s = row["setting"]
+        mark = " **(default)**" if s == result["default"] else ""
+        zs = [row["points"].get(c, {}).get(n, float("nan")) for c, n in zip(corners, names)]
+        lines.append(f"| {s['alpha']:g} | {s['candidates']}{mark} | {row['hv']:.4f} | {row['spearman']:.2f} | "
+                     + " | ".join(f"{z:+.3f}" for z in zs) + " |")
+    lines.append("")
+    lines.append(f"{result['method']} on {result['task']} ({result['scale']}), {result['n_validation_prompts']} validation "
+                 f"prompts, grid of {len(result['grid'])}: default alpha={result['default']['alpha']:g}, "
+                 f"candidates={result['default']['candidates']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from mobench.api import MobenchError, RunContext
+    from mobench.calibration import attach
+    from mobench.plugins import get_plugin_manager
+    from mobench.runner import build_method, build_options
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", default="mage", help="mage or one of its ablations (mage-implicit, ...)")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS))
+    p.add_argument("--rules", default=",".join(RULES), help="candidate rules: top-k, top-p, vocabulary (implicit only)")
+    p.add_argument("--grid-points", type=int, default=None, help="points per simplex edge (default: the task's)")
+    p.add_argument("-o", "--option", action="append", default=[], help="a method option KEY=VALUE (as mobench run -o)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the full result here")
+    args = p.parse_args(argv)
+    try:
+        registry = get_plugin_manager().registry
+        overrides = dict(o.split("=", 1) for o in args.option)
+        spec = registry.method(args.method)
+        if spec.factory.__name__ != "Mage":
+            raise MobenchError(f"{args.method!r} is not MAGE or one of its ablations")
+        context = RunContext(seed=args.seed, device=args.device)
+        context.registry = registry
+        task_spec = registry.task(args.task)
+        task = attach(task_spec, task_spec.load(args.scale, context))
+        method = build_method(spec, build_options(spec, args.scale, overrides))
+        method.prepare(task, context)
+        settings = settings_grid([float(a) for a in args.alphas.split(",")], args.rules.split(","))
+        result = sweep(method, task, context, settings, args.grid_points)
+    except MobenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

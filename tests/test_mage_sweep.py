@@ -1,0 +1,88 @@
+"""bench/mage_sweep.py on a micro policy: two decoding settings over the cached pieces, on validation prompts only.
+
+The Bone-Soup k search and every sweep decode see only the task's validation prompts; each row's HV is the
+hypervolume of its own grid points; the default is the row of highest HV; the table marks it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from mobench.api import RunContext, TaskInstance
+
+
+def _script():
+    path = Path(__file__).resolve().parents[1] / "bench" / "mage_sweep.py"
+    spec = importlib.util.spec_from_file_location("mage_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_decodes_validation_prompts_only_and_picks_the_best_hv(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    from test_morlhf import NORM, Brevity, Positivity, _real_pairs
+
+    from mobench.methods.mage import Mage, MageOptions, bonesoup
+    from mobench.methods.mage.decoder import MageDecoder
+    from mobench.metrics import hypervolume
+    from mobench.models import micro_causal_lm
+
+    sweep = _script()
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    pairs = _real_pairs(data_dir, 14)
+    task = TaskInstance(
+        name="micro", scale="tiny", policy=str(policy), objectives=[Brevity(), Positivity()],
+        prompts=[p.prompt for p in pairs[:2]], validation_prompts=[p.prompt for p in pairs[2:4]],
+        normalisation=NORM, reference_point=(-3.0, -3.0), grid_points=3,
+        pairs={"brevity": pairs[4:], "positivity": pairs[4:]},
+        generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4},
+    )
+    options = MageOptions.preset("tiny").replace({
+        "top_k": 4, "k_prompts": 2,
+        "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
+        "backbones.n_prompts": 4, "backbones.lora_r": 4,
+        "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
+        "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
+    })
+    seen: list[list[str]] = []
+    search = bonesoup.choose_k
+    monkeypatch.setattr(bonesoup, "choose_k", lambda model, tok, bones, objs, norm, prompts, *a, **kw:
+                        seen.append(list(prompts)) or search(model, tok, bones, objs, norm, prompts, *a, **kw))
+    decode = MageDecoder.generate
+    monkeypatch.setattr(MageDecoder, "generate", lambda self, prompts, *a, **kw: seen.append(list(prompts)) or decode(self, prompts, *a, **kw))
+
+    context = RunContext(seed=0, device="cpu")
+    method = Mage(options)
+    method.name = "mage"
+    method.prepare(task, context)
+    settings = [{"alpha": 0.5, "candidates": "top-k"}, {"alpha": 2.0, "candidates": "top-p"}]
+    result = sweep.sweep(method, task, context, settings)
+
+    assert seen and all(set(p) <= set(task.validation_prompts) for p in seen)  # never an evaluation prompt
+    assert len(seen) == 1 + 2  # the k search, then one decode per setting
+    k = method.provenance()["bone_soup_k"]
+    assert set(k["k"]) <= set(bonesoup.k_grid()) and k["n_prompts"] == 2 and "validation" in k["rule"]
+    assert [r["setting"] for r in result["rows"]] == settings and result["n_validation_prompts"] == 2
+    for row in result["rows"]:
+        points = list(row["points"].values())
+        assert len(points) == 3 and row["hv"] == pytest.approx(hypervolume([list(p.values()) for p in points], (-3.0, -3.0)))
+    best = max(result["rows"], key=lambda r: r["hv"])
+    assert result["default"] == best["setting"]
+    table = sweep.markdown(result)
+    assert table.count("\n| ") == 2 and table.count("(default)") == 1  # the two rows (the header starts the table)
+    assert sweep.settings_grid([0.25, 1], ["top-k", "top-p"]) == [
+        {"alpha": 0.25, "candidates": "top-k"}, {"alpha": 1.0, "candidates": "top-k"},
+        {"alpha": 0.25, "candidates": "top-p"}, {"alpha": 1.0, "candidates": "top-p"}]
+    # the decoder a setting gets shares the prepared pieces; a non-decoding option would need a new prepare
+    from mobench.api import MobenchError
+
+    with pytest.raises(MobenchError, match="only decoding constants"):
+        method.decoder_for(method.options.replace({"b": 0.8}))
+    with pytest.raises(MobenchError, match="no validation prompts"):
+        sweep.sweep(method, TaskInstance(**{**task.__dict__, "validation_prompts": []}), context, settings)
