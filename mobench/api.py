@@ -180,7 +180,9 @@ class TaskInstance:
     ``grid_points`` is the scale's default points per simplex edge; ``generation`` the decoding settings
     (a :class:`Generation`; a dict of its fields is converted). ``provenance`` says where the prompts and
     pairs came from (data sets, seeds, counts) and is copied into every manifest. Training budgets are not the task's: each
-    method owns its own (see :mod:`mobench.options`).
+    method owns its own (see :mod:`mobench.options`). ``validation_prompts`` (optional, templated like ``prompts``)
+    are held-out prompts disjoint from the evaluation prompts (checked) and, for the built-in tasks, from every
+    pair prompt: for choosing a method's tunable constants without looking at the evaluation prompts.
     """
 
     name: str
