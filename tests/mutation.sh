@@ -62,7 +62,7 @@ if [ -n "${MUTATION_ONLY:-}" ] && [ $# -gt 0 ]; then names=("$@"); else names+=(
 src=$(git rev-parse --show-toplevel)
 work=${MUTATION_DIR:-/tmp/mobench-mut-$module}
 rm -rf "$work" && mkdir -p "$work"
-(cd "$src" && git ls-files -z | xargs -0 cp --parents -t "$work" 2>/dev/null || true)
+(cd "$src" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work" 2>/dev/null || true)
 cd "$work"
 
 # Narrow the copy's [tool.mutmut]: only this module's files, only its tests, no slow (SmolLM2) tests.
