@@ -533,14 +533,15 @@ def sweep(spec: SweepSpec, registry, progress=None, say: Callable[[str], None] =
     spec.check()
     spec = replace(spec, results=str(Path(spec.results).resolve()))  # jobs may run in another folder (SLURM)
     store = Store(spec.results)
-    store.ensure()
+    store.ensure(create=False)  # checks only: a user error below leaves nothing behind
     folder = Path(spec.results) / ".sweep"
     log_dir = folder / "logs"
+    prepare = plan_prepare(spec, registry, str(log_dir))
+    engine = make_engine(spec, folder / "submitit")
+    store.ensure()
     log_dir.mkdir(parents=True, exist_ok=True)
     for warning in shared_fs_warnings(spec):
         say(warning)
-    prepare = plan_prepare(spec, registry, str(log_dir))
-    engine = make_engine(spec, folder / "submitit")
     view = progress or _NoProgress()
     view.start(len(prepare))
 
