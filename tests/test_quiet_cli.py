@@ -148,14 +148,14 @@ def test_gen_overrides_change_the_run_id_and_the_decoding_and_dtype_reaches_the_
     assert manifest[nucleus]["generation"]["top_p"] == 0.5 and manifest[nucleus]["generation"]["do_sample"] is True
     assert manifest[plain]["method_provenance"]["dtype"] == "torch.float32"
     assert manifest[half]["method_provenance"]["dtype"] == "torch.bfloat16" and manifest[half]["config"]["dtype"] == "bfloat16"
-    # the decoding itself used the override: at most 2 new tokens per response
-    from mobench.models import load_tokenizer
+    # the decoding itself used the override: greedy, so each 2-token response starts the 6-token one
+    def responses(run):
+        return {(g["preference_key"], g["prompt_index"]): g["response"]
+                for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines())}
 
-    tok = load_tokenizer(manifest[short]["policy"])
-    for line in (short / "generations.jsonl").read_text().splitlines():
-        assert len(tok(json.loads(line)["response"], add_special_tokens=False)["input_ids"]) <= 2
-    longer = [json.loads(x)["response"] for x in (plain / "generations.jsonl").read_text().splitlines()]
-    assert max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in longer) > 2
+    full, cut = responses(plain), responses(short)
+    assert cut.keys() == full.keys() and all(full[k].startswith(cut[k]) for k in cut)
+    assert any(len(full[k]) > len(cut[k]) for k in cut)
 
 
 def test_bad_gen_and_dtype_are_one_line_user_errors(noisy, tmp_path):
@@ -179,3 +179,27 @@ def test_a_gen_override_equal_to_the_task_setting_keeps_the_run_id(tmp_path):
     [run] = list((tmp_path / "r" / "toy" / "letters").iterdir())
     assert run.name in first and run.name in same
     assert (run / "run.log").read_text().startswith("--- ")
+
+
+def test_top_p_is_a_nucleus_in_the_guided_loop_and_in_generate(micro_lm, data_dir):
+    """A tiny top_p keeps only the most likely token: sampling then equals greedy, whatever the seed; top_p=1 does not."""
+    from test_merging import real_text, two_adapters
+
+    from mobench.api import Generation, RunContext
+    from mobench.decoding import DecodeSettings, ModelScorer, decode, generate_for_task, logit_ensemble
+
+    model, tok = micro_lm
+    model = two_adapters(model)
+    prompts = [t[:120] + "\n\nAssistant:" for t in real_text(data_dir, 3)]
+    scorers = [ModelScorer(model, a) for a in ("harmless", "helpful")]
+    rows = [[0.5, 0.5]] * len(prompts)
+    greedy = decode(scorers, logit_ensemble, tok, prompts, rows, DecodeSettings(max_new_tokens=8), [-1])
+    nucleus = Generation(max_new_tokens=8, do_sample=True, temperature=1.0, batch_size=3, top_p=1e-6)
+    for seed in (0, 1, 2):
+        assert decode(scorers, logit_ensemble, tok, prompts, rows, DecodeSettings.from_generation(nucleus, seed), [-1]) == greedy
+    assert decode(scorers, logit_ensemble, tok, prompts, rows, DecodeSettings(8, True, 1.0, 3, 1), [-1]) != greedy
+    # transformers' generate through generate_for_task: the same rule
+    model.set_adapter("harmless")
+    plain = generate_for_task(model, tok, prompts, Generation(max_new_tokens=8, batch_size=3), RunContext(seed=0), "greedy")
+    for seed in (0, 1):
+        assert generate_for_task(model, tok, prompts, nucleus, RunContext(seed=seed), "nucleus") == plain
