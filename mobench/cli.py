@@ -192,9 +192,11 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 @click.option("--gpus-per-job", type=int, default=None, help="slurm: GPUs per job (default 1).")
 @click.option("--time-min", type=int, default=None, help="slurm and local: a job's time limit in minutes (default 120).")
 @click.option("--array-parallelism", type=int, default=None, help="slurm: array tasks running at once (default 32).")
+@_dtype_option
+@click.option("--gen", "gen", multiple=True, metavar="KEY=VALUE,...", help="Decoding overrides of every run (as `mobench run --gen`).")
 @click.pass_context
 def sweep_cmd(ctx, spec_file, methods, tasks, seeds, scale, executor, results, grid, limit, device, options, jobs, shards,
-              partition, gpus_per_job, time_min, array_parallelism):
+              partition, gpus_per_job, time_min, array_parallelism, dtype, gen):
     """Run methods x tasks x seeds (flags or a YAML SPEC_FILE): shared pieces trained once, then the runs; resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -206,10 +208,13 @@ def sweep_cmd(ctx, spec_file, methods, tasks, seeds, scale, executor, results, g
 
         data = asdict(sweeping.SweepSpec.from_yaml(spec_file))
     flags = {"methods": methods, "tasks": tasks, "seeds": seeds, "scale": scale, "executor": executor,
-             "results": results, "grid": grid, "limit": limit, "device": device, "jobs": jobs, "shards": shards}
+             "results": results, "grid": grid, "limit": limit, "device": device, "jobs": jobs, "shards": shards,
+             "dtype": None if dtype in (None, "auto") else dtype}
     data.update({k: v for k, v in flags.items() if v is not None})
     slurm = {"partition": partition, "gpus_per_job": gpus_per_job, "time_min": time_min, "array_parallelism": array_parallelism}
     data["slurm"] = {**data.get("slurm", {}), **{k: v for k, v in slurm.items() if v is not None}}
+    if gen:
+        data["gen"] = {**data.get("gen", {}), **parse_option_items([p for item in gen for p in item.split(",") if p.strip()], flag="--gen")}
     for method, values in sweeping.parse_sweep_options(list(options)).items():
         data.setdefault("options", {}).setdefault(method, {}).update(values)
     data.setdefault("methods", [])

@@ -94,6 +94,9 @@ class SweepSpec:
     grid: int | None = None
     limit: int | None = None
     device: str | None = None
+    dtype: str | None = None
+    #: --gen overrides of every task's decoding settings {key: value as text} (part of the run ids)
+    gen: dict[str, str] = field(default_factory=dict)
     #: method name (or "*" for every method) -> {option key: value as text}
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     #: local: jobs at once (None: one per GPU, else one per four CPU cores)
@@ -207,6 +210,8 @@ class Job:
     shard: tuple[int, int] | None = None
     plugins_dir: str | None = None
     log_dir: str | None = None
+    dtype: str | None = None
+    gen: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -221,7 +226,12 @@ class Job:
         from mobench.runner import RunConfig
 
         return RunConfig(method=self.method, task=self.task, scale=self.scale, grid=self.grid, limit=self.limit,
-                         seed=self.seed, options=dict(self.options))
+                         seed=self.seed, options=dict(self.options), dtype=self.dtype, gen=dict(self.gen))
+
+    @property
+    def log_path(self) -> Path | None:
+        """The job's own log (events and tracebacks); library output goes beside it, in ``*.library.log``."""
+        return Path(self.log_dir) / (self.name.replace(" ", "-").replace("/", "of") + ".log") if self.log_dir else None
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -234,14 +244,17 @@ def run_job(job: Job) -> dict[str, Any]:
     log = _job_log(job)
     try:
         from mobench.api import RunContext
+        from mobench.logs import library_output
         from mobench.plugins import get_plugin_manager
         from mobench.runner import execute
         from mobench.store import Store
 
         registry = get_plugin_manager(plugins_dir=job.plugins_dir).registry
-        context = RunContext(seed=job.seed, device=job.device)
-        result = execute(job.config(), registry, Store(job.results), context, on_event=log, shard=job.shard,
-                         prepare_only=job.phase == "prepare", claim_owner=_claim_owner(job))
+        library = job.log_path.with_suffix(".library.log") if job.log_path else None
+        with library_output(library) as library_log:  # a run's library output goes to its run folder's log
+            context = RunContext(seed=job.seed, device=job.device, dtype=job.dtype, library_log=library_log)
+            result = execute(job.config(), registry, Store(job.results), context, on_event=log, shard=job.shard,
+                             prepare_only=job.phase == "prepare", claim_owner=_claim_owner(job))
         missing = result.total - result.skipped - result.computed
         return {"status": "done", "run_id": result.run.run_id, "path": str(result.run.path), "total": result.total,
                 "computed": result.computed, "missing": missing, "grid": _grid_of(result.run)}
@@ -284,9 +297,9 @@ def _claim_owner(job: Job) -> str | None:
 
 
 def _job_log(job: Job) -> Callable[[str], None]:
-    if not job.log_dir:
+    path = job.log_path
+    if path is None:
         return lambda message: None
-    path = Path(job.log_dir) / (job.name.replace(" ", "-").replace("/", "of") + ".log")
 
     def log(message: str) -> None:
         with open(path, "a") as fh:
@@ -380,7 +393,7 @@ def plan_prepare(spec: SweepSpec, registry, log_dir: str | None) -> list[Job]:
             for seed in spec.seeds:
                 job = Job("prepare", method, task, seed, spec.scale, spec.results,
                           tuple(sorted(spec.method_options(method).items())), spec.grid, spec.limit, spec.device,
-                          None, spec.plugins_dir, log_dir)
+                          None, spec.plugins_dir, log_dir, spec.dtype, tuple(sorted(spec.gen.items())))
                 validate(job.config(), registry)
                 jobs.append(job)
     return jobs
