@@ -291,3 +291,16 @@ def test_a_finished_artifact_is_never_replaced_by_a_second_builder(cache):
     assert artifacts._publish(tmp, final) is False
     assert (final / "x").read_text() == "first" and (final / "x").stat().st_ino == inode
     assert len(_builds("thing")) == 1
+
+
+def test_per_point_methods_are_known_by_their_class_and_options_target_one_method():
+    registry = get_plugin_manager().registry
+    per_point = {name for name, spec in registry.methods.items() if sweeping.trains_per_preference(spec.factory)}
+    assert {"morlhf", "modpo"} <= per_point and not per_point & {"rewarded-soups", "logit-ensemble", "mage"}
+    assert sweeping.parse_sweep_options(["steps=4", "morlhf:train.steps=8", "mage:alpha=a=b"]) == {
+        "*": {"steps": "4"}, "morlhf": {"train.steps": "8"}, "mage": {"alpha": "a=b"}}
+    spec = sweeping.SweepSpec.from_dict({"methods": "morlhf,mage", "tasks": ["hh"], "seeds": "0,2",
+                                         "options": {"*": {"k": 1}, "mage": {"k": True}}})
+    assert spec.seeds == [0, 2] and spec.method_options("mage") == {"k": "true"} and spec.method_options("morlhf") == {"k": "1"}
+    with pytest.raises(Exception, match="does not run"):
+        sweeping.SweepSpec(methods=["a"], tasks=["t"], options={"b": {"x": "1"}}).check()
