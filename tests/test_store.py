@@ -324,3 +324,22 @@ def test_json_files_are_byte_identical_for_equal_content_and_indented_for_readin
     write_json_atomic(b, {"a": {"c": "x", "d": None}, "b": (1, 2)})
     assert a.read_bytes() == b.read_bytes() == (
         b'{\n  "a": {\n    "c": "x",\n    "d": null\n  },\n  "b": [\n    1,\n    2\n  ]\n}')
+
+
+def test_short_writes_are_continued_until_the_line_is_complete(tmp_path, monkeypatch):
+    """write(2) may write fewer bytes than asked: the rest is written, in order, before the fsync."""
+    from mobench import store
+
+    real_write = os.write
+    sizes = []
+
+    def short(fd, data):
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(store.os, "write", short)
+    run = Store(tmp_path).run("toy", "letters", "r1")
+    assert run.append_point({"preference_key": "a", "attempt": "1"}, [])
+    line = b'{"attempt":"1","preference_key":"a"}\n'
+    assert run.rows_path.read_bytes() == line
+    assert sizes == list(range(len(line), 0, -7))  # each call asked for what was left
