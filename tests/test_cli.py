@@ -61,7 +61,7 @@ def test_plot_and_report(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "report"
     assert mobench("--plugins-dir", TOYDIR, "report", "--task", "toy", "--results", str(tmp_path / "res"), "--out", str(out)).returncode == 0
-    assert {p.name for p in out.iterdir()} == {"leaderboard.md", "leaderboard.json", "pareto.png"}
+    assert {p.name for p in out.iterdir()} == {"leaderboard.md", "leaderboard.json", "pareto.png", "report.html"}
 
 
 @pytest.mark.parametrize(
