@@ -190,7 +190,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 @click.option("--shards", type=int, default=None, help="Per-point methods (MORLHF, MODPO): jobs per run (default: jobs at once).")
 @click.option("--partition", default=None, help="slurm: partition.")
 @click.option("--gpus-per-job", type=int, default=None, help="slurm: GPUs per job (default 1).")
-@click.option("--time-min", type=int, default=None, help="slurm and local: a job's time limit in minutes (default 120).")
+@click.option("--time-min", type=int, default=None, help="A job's time limit in minutes (default: 120 on slurm, a week locally).")
 @click.option("--array-parallelism", type=int, default=None, help="slurm: array tasks running at once (default 32).")
 @_dtype_option
 @click.option("--gen", "gen", multiple=True, metavar="KEY=VALUE,...", help="Decoding overrides of every run (as `mobench run --gen`).")

@@ -61,7 +61,7 @@ class SlurmSettings:
     partition: str | None = None            # slurm_partition
     gpus_per_job: int = 1                   # gpus_per_node (one node, one task per job)
     cpus_per_job: int | None = None         # cpus_per_task
-    time_min: int = 120                     # timeout_min: the job's time limit
+    time_min: int | None = None             # timeout_min: the job's time limit (None: 120 on SLURM, a week locally)
     array_parallelism: int = 32             # slurm_array_parallelism: array tasks running at once
     mem_gb: int | None = None               # mem_gb
     account: str | None = None              # slurm_account
@@ -71,7 +71,7 @@ class SlurmSettings:
     def parameters(self) -> dict[str, Any]:
         """The keyword arguments of ``AutoExecutor.update_parameters``."""
         out: dict[str, Any] = {
-            "timeout_min": int(self.time_min), "gpus_per_node": int(self.gpus_per_job), "nodes": 1,
+            "timeout_min": int(self.time_min or 120), "gpus_per_node": int(self.gpus_per_job), "nodes": 1,
             "tasks_per_node": 1, "slurm_array_parallelism": int(self.array_parallelism),
             "name": "mobench-sweep",
         }
@@ -344,10 +344,11 @@ def make_engine(spec: SweepSpec, folder: Path) -> Engine:
         return Engine(submitit.DebugExecutor(folder), 1)
     if name == "local":
         executor = submitit.LocalExecutor(folder)
-        executor.update_parameters(timeout_min=int(spec.slurm.time_min))
+        # submitit's local controller kills a job at its time limit: locally none unless one is asked for
+        executor.update_parameters(timeout_min=int(spec.slurm.time_min or 7 * 24 * 60))
         gpus = visible_gpus()
         slots = spec.jobs or (len(gpus) if gpus else max(1, (os.cpu_count() or 1) // 4))
-        return Engine(executor, slots, gpus[:slots] if gpus else [])
+        return Engine(executor, slots, [gpus[i % len(gpus)] for i in range(slots)] if gpus else [])  # --jobs > GPUs: shared
     if name == "slurm":
         return Engine(slurm_executor(spec, folder), None)
     if ":" in name:
