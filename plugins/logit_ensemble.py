@@ -8,7 +8,7 @@ the experts' DPO budget ``experts`` (``-o steps=8`` sets ``experts.steps``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mobench import hookimpl
@@ -43,29 +43,12 @@ class LogitEnsemble(ExpertsMethod):
         self.scorers = [ModelScorer(self.model, name) for name in self.experts]
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding import DecodeSettings, decode, logit_ensemble
+        from mobench.decoding import decode_grid, logit_ensemble
 
         task, context = self.prepared()
         self.check_preferences(preferences)
-        settings = DecodeSettings.from_generation(task.generation, context.seed)
-        # A batch holds batch_size prompts at every grid point (capped by max_rows): rows are
-        # prompt-major, so a batch's rows share prompts and need little padding.
-        settings = replace(settings, batch_size=max(1, min(self.options.max_rows, settings.batch_size * len(preferences))))
-        rows = [(i, j) for i in range(len(prompts)) for j in range(len(preferences))]
-        texts = decode(
-            self.scorers,
-            logit_ensemble,
-            self.tokenizer,
-            [prompts[i] for i, _ in rows],
-            [preferences[j].weights for _, j in rows],
-            settings,
-            progress=context.progress,
-            description=f"logit-ensemble ({len(preferences)} grid points x {len(prompts)} prompts)",
-        )
-        out = [[""] * len(prompts) for _ in preferences]
-        for (i, j), text in zip(rows, texts):
-            out[j][i] = text
-        return out
+        return decode_grid(self.scorers, logit_ensemble, self.tokenizer, prompts, preferences, task.generation, context,
+                           self.options.max_rows, "logit-ensemble")
 
     def provenance(self) -> dict[str, Any]:
         decoding = "sum_i w_i log pi_i per token, one KV cache per expert adapter (mobench.decoding)"

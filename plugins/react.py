@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
 from mobench import hookimpl
 from mobench.api import MobenchError, Preference, PreferencePair
+from mobench.decoding import ModelScorer
 from mobench.options import Options, budget, option
 from mobench.training import DpoBudget, ExpertsMethod
 
@@ -207,30 +208,25 @@ def representation_statistics(model, tokenizer, backbone: str, expert: str, sequ
 # -- decoding -----------------------------------------------------------------------------------------------
 
 
-def _scorer_class():
-    from mobench.decoding import ModelScorer
+class HiddenStateScorer(ModelScorer):
+    """The backbone's final-norm output h at the last position [rows, d] (what the LM head reads), with its KV cache.
 
-    class HiddenStateScorer(ModelScorer):
-        """The backbone's final-norm output h at the last position [rows, d], with its own KV cache.
+    It depends on the tokens alone (one backbone for every row), so it keeps ``select_rows``: a prompt's
+    prefill is shared by every grid point that decodes it. The head is left to :class:`ReactCombiner`.
+    """
 
-        It depends on the tokens alone (one backbone for every row), so it keeps ``select_rows``: a prompt's
-        prefill is shared by every grid point that decodes it.
-        """
+    def __call__(self, input_ids, attention_mask, position_ids):
+        import torch
 
-        def __call__(self, input_ids, attention_mask, position_ids):
-            import torch
-
-            if self.model.active_adapter != self.adapter:
-                self.model.set_adapter(self.adapter)
-            with torch.no_grad():
-                out = self.model.get_base_model().get_decoder()(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=self.cache, use_cache=True,
-                )
-            self.cache = out.past_key_values
-            return out.last_hidden_state[:, -1, :]
-
-    return HiddenStateScorer
+        if self.model.active_adapter != self.adapter:
+            self.model.set_adapter(self.adapter)
+        with torch.no_grad():
+            out = self.model.get_base_model().get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=self.cache, use_cache=True,
+            )
+        self.cache = out.past_key_values
+        return out.last_hidden_state[:, -1, :]
 
 
 class ReactCombiner:
@@ -318,28 +314,14 @@ class React(ExpertsMethod):
         return folder, bool(built), time.perf_counter() - started
 
     def generate(self, prompts: list[str], preferences: list[Preference]) -> list[list[str]]:
-        from mobench.decoding import DecodeSettings, decode
+        from mobench.decoding import decode_grid
 
         task, context = self.prepared()
         self.check_preferences(preferences)
-        settings = DecodeSettings.from_generation(task.generation, context.seed)
-        # prompt-major rows: a batch holds a few prompts at every grid point, so prefills are shared
-        settings = replace(settings, batch_size=max(1, min(self.options.max_rows, settings.batch_size * len(preferences))))
-        rows = [(i, j) for i in range(len(prompts)) for j in range(len(preferences))]
-        texts = decode(
-            [_scorer_class()(self.model, self.backbone)],
-            ReactCombiner(self.maps, self.model.get_output_embeddings()),
-            self.tokenizer,
-            [prompts[i] for i, _ in rows],
-            [preferences[j].weights for _, j in rows],
-            settings,
-            progress=context.progress,
-            description=f"react ({len(preferences)} grid points x {len(prompts)} prompts)",
-        )
-        out = [[""] * len(prompts) for _ in preferences]
-        for (i, j), text in zip(rows, texts):
-            out[j][i] = text
-        return out
+        scorer = HiddenStateScorer(self.model, self.backbone)
+        combiner = ReactCombiner(self.maps, self.model.get_output_embeddings())
+        return decode_grid([scorer], combiner, self.tokenizer, prompts, preferences, task.generation, context,
+                           self.options.max_rows, "react")
 
     def provenance(self) -> dict[str, Any]:
         decoding = "logits = E W_p h, h the uniform soup's final-norm output, W_p = (sum p_t N_t)(sum p_t C_t)^-1 per row"

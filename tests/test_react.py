@@ -194,7 +194,7 @@ def test_micro_mixed_batches_decode_as_one_preference_at_a_time_and_calibration_
 def test_micro_an_expert_equal_to_the_backbone_decodes_the_soup(task, monkeypatch):
     """Both objectives get the same expert, so the soup is that expert, every W_p is I and the logits are the soup's."""
     from mobench.decoding import generate_responses
-    from mobench.methods.react import React, ReactCombiner, _scorer_class
+    from mobench.methods.react import HiddenStateScorer, React, ReactCombiner
     from mobench.training import dpo
 
     real = dpo.load_experts
@@ -216,7 +216,7 @@ def test_micro_an_expert_equal_to_the_backbone_decodes_the_soup(task, monkeypatc
     position = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         soup = torch.log_softmax(model(**enc).logits[:, -1, :], dim=-1)
-    hidden = _scorer_class()(model, method.backbone)(enc["input_ids"], enc["attention_mask"], position)
+    hidden = HiddenStateScorer(model, method.backbone)(enc["input_ids"], enc["attention_mask"], position)
     ours = ReactCombiner(method.maps, model.get_output_embeddings())([hidden], torch.tensor([[0.3, 0.7]] * len(task.prompts)))
     torch.testing.assert_close(ours, soup, rtol=0, atol=1e-4)
 
