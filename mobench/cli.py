@@ -385,7 +385,7 @@ def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device,
 
     if n_prompts < 2:
         raise MobenchError(f"--prompts must be at least 2, not {n_prompts}")
-    board = _entries(ctx, task, results, scale, calibration, 0)
+    board = _entries(ctx, task, results, scale, calibration, 1)  # which runs are on the board; no CIs needed
     registry = _registry(ctx)
     context = RunContext(device=device, registry=registry)
     instance = registry.task(task).load(board.scale, context)

@@ -134,3 +134,12 @@ def test_list_and_help_answer_without_importing_torch():
 def test_list_shows_the_toy_plugin_items():
     proc = mobench("--plugins-dir", TOYDIR, "list", "tasks")
     assert proc.returncode == 0 and "toy" in proc.stdout and "count-a, count-b" in proc.stdout
+
+
+def test_kl_lists_the_trained_policies_of_the_boards_runs_and_refuses_too_few_prompts(tmp_path):
+    assert run_toy(tmp_path / "res").returncode == 0
+    out = mobench("--plugins-dir", TOYDIR, "kl", "--task", "toy", "--results", str(tmp_path / "res"), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []  # the toy method trains nothing: no policy, no KL
+    bad = mobench("--plugins-dir", TOYDIR, "kl", "--task", "toy", "--results", str(tmp_path / "res"), "--prompts", "1")
+    assert bad.returncode == 2 and "--prompts must be at least 2" in bad.stderr and "Traceback" not in bad.stderr
