@@ -46,10 +46,13 @@ def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points
         raise MobenchError(f"{len(leaked)} validation prompts are evaluation prompts")
     names = task.objective_names
     preferences = simplex_grid(len(names), grid_points or task.grid_points)
+    chosen = [method.options.replace(dict(setting)) for setting in settings]
+    for options in chosen:  # every setting checked before the first one decodes
+        options.check_all()
     rows = []
-    for setting in settings:
+    for setting, options in zip(settings, chosen):
         start = time.perf_counter()
-        decoder = method.decoder_for(method.options.replace(dict(setting)))
+        decoder = method.decoder_for(options)
         outputs = decoder.generate(prompts, preferences, task.generation, context.seed, progress)
         points = []
         for responses in outputs:
@@ -111,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         registry = get_plugin_manager().registry
+        bad = [o for o in args.option if "=" not in o]
+        if bad:
+            raise MobenchError(f"-o takes KEY=VALUE, got {bad[0]!r}")
         overrides = dict(o.split("=", 1) for o in args.option)
         spec = registry.method(args.method)
         if spec.factory.__name__ != "Mage":

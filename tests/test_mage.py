@@ -225,35 +225,47 @@ def test_eos_is_reachable_when_guidance_favours_it(rig):
     assert MageDecoder(model, tok, MageOptions(), ["bone0", "bone1"], ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads).eos == [eos]
 
 
-def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_path, monkeypatch):
-    import json
+MICRO_BUDGETS = {
+    "top_k": 4,
+    "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
+    "backbones.n_prompts": 4, "backbones.lora_r": 4,
+    "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
+    "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
+}
 
+
+def micro_mage_task(smol_tokenizer, data_dir, tmp_path, monkeypatch, validation: int = 0, **fields):
+    """A task on a saved micro policy with real HH pairs: 2 evaluation prompts, then ``validation`` validation
+    prompts, then 8 training pairs (a fresh artifact cache in tmp_path)."""
     from test_morlhf import NORM, Brevity, Positivity, _real_pairs
 
-    from mobench.api import RunContext, TaskInstance
-    from mobench.methods.mage import Mage, MageOptions
-    from mobench.methods.mage.value import TRAIN_INFO, for_task, train_value_models
+    from mobench.api import TaskInstance
     from mobench.models import micro_causal_lm
-    from mobench.training import load_experts, training_prompts
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     policy = tmp_path / "policy"
     micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
     smol_tokenizer.save_pretrained(policy)
-    pairs = _real_pairs(data_dir, 10)
-    task = TaskInstance(
+    pairs = _real_pairs(data_dir, 10 + validation)
+    train = pairs[2 + validation :]
+    return TaskInstance(
         name="micro", scale="tiny", policy=str(policy), objectives=[Brevity(), Positivity()],
-        prompts=[p.prompt for p in pairs[:2]], normalisation=NORM, reference_point=(-3.0, -3.0),
-        pairs={"brevity": pairs[2:], "positivity": pairs[2:]},
-        generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4},
+        prompts=[p.prompt for p in pairs[:2]], validation_prompts=[p.prompt for p in pairs[2 : 2 + validation]],
+        normalisation=NORM, reference_point=(-3.0, -3.0), pairs={"brevity": train, "positivity": train},
+        generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4}, **fields,
     )
-    options = MageOptions.preset("tiny").replace({
-        "top_k": 4,
-        "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
-        "backbones.n_prompts": 4, "backbones.lora_r": 4,
-        "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
-        "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
-    })
+
+
+def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    import json
+
+    from mobench.api import RunContext
+    from mobench.methods.mage import Mage, MageOptions
+    from mobench.methods.mage.value import TRAIN_INFO, for_task, train_value_models
+    from mobench.training import load_experts, training_prompts
+
+    task = micro_mage_task(smol_tokenizer, data_dir, tmp_path, monkeypatch)
+    options = MageOptions.preset("tiny").replace(MICRO_BUDGETS)
     context = RunContext(seed=0, device="cpu")
     method = Mage(options)
     method.prepare(task, context)

@@ -23,33 +23,15 @@ def _script():
 
 
 def test_sweep_decodes_validation_prompts_only_and_picks_the_best_hv(smol_tokenizer, data_dir, tmp_path, monkeypatch):
-    from test_morlhf import NORM, Brevity, Positivity, _real_pairs
+    from test_mage import MICRO_BUDGETS, micro_mage_task
 
     from mobench.methods.mage import Mage, MageOptions, bonesoup
     from mobench.methods.mage.decoder import MageDecoder
     from mobench.metrics import hypervolume
-    from mobench.models import micro_causal_lm
 
     sweep = _script()
-    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    policy = tmp_path / "policy"
-    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
-    smol_tokenizer.save_pretrained(policy)
-    pairs = _real_pairs(data_dir, 14)
-    task = TaskInstance(
-        name="micro", scale="tiny", policy=str(policy), objectives=[Brevity(), Positivity()],
-        prompts=[p.prompt for p in pairs[:2]], validation_prompts=[p.prompt for p in pairs[2:4]],
-        normalisation=NORM, reference_point=(-3.0, -3.0), grid_points=3,
-        pairs={"brevity": pairs[4:], "positivity": pairs[4:]},
-        generation={"max_new_tokens": 4, "do_sample": False, "batch_size": 4},
-    )
-    options = MageOptions.preset("tiny").replace({
-        "top_k": 4, "k_prompts": 2,
-        "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
-        "backbones.n_prompts": 4, "backbones.lora_r": 4,
-        "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
-        "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
-    })
+    task = micro_mage_task(smol_tokenizer, data_dir, tmp_path, monkeypatch, validation=2, grid_points=3)
+    options = MageOptions.preset("tiny").replace({**MICRO_BUDGETS, "k_prompts": 2})
     seen: list[list[str]] = []
     search = bonesoup.choose_k
     monkeypatch.setattr(bonesoup, "choose_k", lambda model, tok, bones, objs, norm, prompts, *a, **kw:

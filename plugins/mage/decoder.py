@@ -105,7 +105,8 @@ class MageDecoder:
             chunk = rows[start : start + settings.batch_size]
             self._set_rows([mu for _, mu in chunk])
             # One loop call per chunk: its rows' coefficients are fixed for the chunk; seeded per chunk.
-            chunk_settings = DecodeSettings(settings.max_new_tokens, settings.do_sample, settings.temperature, len(chunk), settings.seed + start)
+            chunk_settings = DecodeSettings(settings.max_new_tokens, settings.do_sample, settings.temperature, len(chunk),
+                                            settings.seed + start, settings.top_p)
             texts.extend(decode(self.scorers, self.combiner, self.tokenizer, [p for p, _ in chunk], [mu for _, mu in chunk], chunk_settings,
                                 eos_token_ids))
             if bar is not None:
