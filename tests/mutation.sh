@@ -58,6 +58,8 @@ esac
 # Extra arguments are more name patterns; with MUTATION_ONLY=1 they replace the module's (e.g. to re-run the
 # survivors of a previous run, by name, against tests added since).
 if [ -n "${MUTATION_ONLY:-}" ] && [ $# -gt 0 ]; then names=("$@"); else names+=("$@"); fi
+# MUTATION_TESTS (space-separated pytest arguments) replaces the module's test selection, e.g. a subset for a re-run.
+if [ -n "${MUTATION_TESTS:-}" ]; then read -r -a tests <<< "$MUTATION_TESTS"; fi
 
 src=$(git rev-parse --show-toplevel)
 work=${MUTATION_DIR:-/tmp/mobench-mut-$module}

@@ -234,3 +234,38 @@ def test_spearman_batch_leaves_out_a_constant_weight_before_varied_ones():
     # objective 1: ranks (1, 3, 2) both: 1; objective 2: w ranks (3, 1, 2), scores (1, 2, 3): 1 - 6 * 6 / 24 = -0.5
     assert spearman_batch(w, s).tolist() == pytest.approx([0.25])
     assert controllability(w, s[0])["spearman"] == pytest.approx(0.25)
+
+
+def test_metric_errors_are_exact_and_edge_grids_give_nan_without_warnings():
+    import warnings
+
+    with pytest.raises(ValueError, match=r"^points must be a 2-D array: one row per grid point, one column per objective$"):
+        pareto_front([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^weights and scores must have the same shape$"):
+        controllability([(0.0, 1.0), (1.0, 0.0)], [(0.0, 1.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy/scipy warning leaks into a report
+        one = controllability([(0.5, 0.5)], [(1.0, 2.0)])  # one grid point: no step, no correlation
+        assert math.isnan(one["spearman"]) and math.isnan(one["monotone"])
+        # w_0 constant (scores vary), s_1 constant (weights vary): neither correlates; objective 2 does
+        w = [(0.5, 0.0, 0.5), (0.5, 0.5, 0.0), (0.5, 0.25, 0.25)]
+        s = [(1.0, 7.0, 3.0), (3.0, 7.0, 1.0), (2.0, 7.0, 2.0)]
+        assert controllability(w, s)["spearman"] == pytest.approx(1.0)  # w_2 ranks (3, 1, 2) = s_2 ranks
+    # one objective (not a simplex; the function is general): its correlation alone
+    assert controllability([(0.0,), (1.0,), (2.0,)], [(1.0,), (3.0,), (2.0,)])["spearman"] == pytest.approx(0.5)
+
+
+def test_adjacent_pairs_order_ties_by_position_and_need_one_exact_step():
+    import numpy as np
+
+    from mobench.metrics import _adjacent_pairs
+
+    # 40 two-objective points alternating e_2, e_1: numpy's default sort would not keep the tied points in order
+    w = np.array([(float(i % 2), 1.0 - i % 2) for i in range(40)])
+    assert _adjacent_pairs(w, 0) == [(38, 1)] and _adjacent_pairs(w, 1) == [(39, 0)]
+    # three objectives without zero weights: the step is the smallest difference (0.2), not the smallest weight
+    w3 = np.array([(0.2, 0.2, 0.6), (0.4, 0.2, 0.4), (0.6, 0.2, 0.2)])
+    assert _adjacent_pairs(w3, 0) == [(0, 1), (1, 2)] and _adjacent_pairs(w3, 2) == [(1, 0), (2, 1)]
+    # four objectives: raising w_0 by a step and lowering w_1 by one is a step only if nothing else moves
+    w4 = np.array([(0.0, 0.25, 0.5, 0.25), (0.25, 0.0, 0.0, 0.75), (0.25, 0.0, 0.5, 0.25)])
+    assert _adjacent_pairs(w4, 0) == [(0, 2)]
