@@ -308,7 +308,8 @@ def test_generations_match_their_row_by_point_and_attempt_even_when_fields_are_d
     gens = [{"preference_key": "a", "attempt": {"a": [2], "b": 1}, "i": 0},  # same attempt, keys in another order
             {"preference_key": "a", "attempt": "{'b': 1, 'a': [2]}", "i": 1},  # text of another attempt
             {"preference_key": ["a"], "attempt": {"b": 1, "a": [2]}, "i": 2},  # damaged key
-            {"preference_key": "a", "i": 3}]  # no attempt
+            {"preference_key": "a", "i": 3},  # no attempt
+            {"preference_key": "a", "attempt": {"x": 1}, "i": 7}]  # another damaged attempt: not this row's
     run.append_point(row, gens)
     run.append_point({"preference_key": "b"}, [{"preference_key": "b", "i": 4}, {"preference_key": "b", "attempt": None, "i": 5},
                                                {"preference_key": "b", "attempt": 0, "i": 6}])
