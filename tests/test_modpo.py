@@ -386,3 +386,15 @@ def test_modpo_plan_and_margin_refusals():
         weighted_margins({1: [1.0]}, (0.3, 0.7), 1, 1)
     with pytest.raises(MobenchError, match=r"^1 margin differences for 2 pairs$"):
         weighted_margins({0: [1.0]}, (0.3, 0.7), 1, 2)
+
+
+def test_score_differences_hand_each_side_its_prompt():
+    class PromptAndResponse(CharLength):
+        name, direction = "pr", 1
+
+        def score(self, prompts, responses):
+            return [float(len(p) + len(r)) for p, r in zip(prompts, responses)]
+
+    pairs = [PreferencePair("QQ", "abc", "a"), PreferencePair("Q", "a", "abcd")]
+    # z = (len(prompt) + len(response) - 1) / 2: pair 1: (4 - 2) / 2 = 1; pair 2: (1 - 4) / 2 = -1.5
+    assert score_differences(PromptAndResponse(), Normalisation(mean=1.0, std=2.0), pairs) == [1.0, -1.5]
