@@ -202,3 +202,28 @@ def test_backbones_train_on_the_rows_of_b(monkeypatch):
     monkeypatch.setattr(training, "train_rl_policy", lambda policy, objectives, norm, row, prompts, budget, context: calls.append(list(row)) or f"/p{len(calls)}")
     paths = bonesoup.train_backbones("pol", ["a", "b", "c"], {}, 0.6, ["x"], None)
     assert calls == mixing_matrix(3, 0.6) and [str(p) for p in paths] == ["/p1", "/p2", "/p3"]
+
+
+def test_backbones_get_everything_the_rl_trainer_needs(monkeypatch):
+    """Each backbone is the shared RL policy artifact of (policy, objectives, normalisation, row j, prompts, budget, context)."""
+    import mobench.training as training
+    from mobench.methods.mage import bonesoup
+
+    calls = []
+    monkeypatch.setattr(training, "train_rl_policy", lambda *args: calls.append(args) or f"/b{len(calls)}")
+    objectives, norm, prompts, budget, context = ("o1", "o2"), {"o1": 1}, ("x", "y"), object(), object()
+    paths = bonesoup.train_backbones("pol", objectives, norm, 1.0, prompts, budget, context)
+    assert [str(p) for p in paths] == ["/b1", "/b2"]
+    assert calls == [("pol", ["o1", "o2"], norm, [1.0, 0.0], ["x", "y"], budget, context),
+                     ("pol", ["o1", "o2"], norm, [0.0, 1.0], ["x", "y"], budget, context)]
+
+
+def test_mixing_matrix_edges():
+    assert mixing_matrix(3, 1.0) == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]  # b = 1 is allowed: B = I
+    with pytest.raises(MobenchError, match=r"^Bone-Soup mixing b=0.3 must lie in \(1/m, 1\] = \(0.333333, 1\]$"):
+        mixing_matrix(3, 0.3)
+    with pytest.raises(MobenchError, match=r"^Bone-Soup mixing b=1.01 must lie in \(1/m, 1\] = \(0.5, 1\]$"):
+        mixing_matrix(2, 1.01)
+    with pytest.raises(MobenchError, match=r"^Bone Soup needs at least 2 objectives, got 1$"):
+        mixing_matrix(1, 0.9)
+    assert mixing_matrix(2, "0.75") == [[0.75, 0.25], [0.25, 0.75]]  # b from a command line
