@@ -96,7 +96,7 @@ def test_data_responses_leave_out_what_a_scorer_trained_on_and_repeat_nothing():
 
 def test_calibrate_records_the_rule_and_attach_reads_it_back(tmp_path, monkeypatch):
     ref_responses = ["one two three", "one two three four five", "a b", "x y z w", "p q r s t u", "m", "n o", "k l m n"]
-    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0: ref_responses)
+    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0, dtype=None: ref_responses)
     words = ScoredObjective("words", -1, lambda p, r: [float(len(x.split())) for x in r])
     chars = ScoredObjective("chars", 1, lambda p, r: [float(len(x)) for x in r])
     pairs = [PreferencePair(f"q{i}", "w " * (i + 1), "v " * (2 * i + 3)) for i in range(30)]

@@ -42,7 +42,7 @@ def _instance(prompts=("p0", "p1", "p2", "p3")) -> TaskInstance:
 
 @pytest.fixture()
 def record(monkeypatch):
-    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0: list(RESPONSES))
+    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0, dtype=None: list(RESPONSES))
     return calibration.calibrate(_instance())
 
 
@@ -106,7 +106,7 @@ def test_a_constant_objective_cannot_be_normalised(monkeypatch):
         def score(self, prompts, responses):
             return [2.0] * len(responses)
 
-    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0: list(RESPONSES))
+    monkeypatch.setattr(calibration, "reference_responses", lambda instance, device=None, seed=0, dtype=None: list(RESPONSES))
     inst = TaskInstance(name="t", scale="tiny", policy="none", objectives=[Flat()], prompts=["p0", "p1", "p2", "p3"],
                         normalisation={}, reference_point=())
     with pytest.raises(MobenchError, match="same score"):
