@@ -97,13 +97,9 @@ def _real_pairs(data_dir, n, max_chars=200):
 
 def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer, data_dir, tmp_path, monkeypatch):
     from mobench.methods.morlhf import Morlhf
-    from mobench.models import micro_causal_lm
     from mobench.training import TRAIN_INFO, RlBudget
 
-    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    policy = tmp_path / "policy"
-    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
-    smol_tokenizer.save_pretrained(policy)
+    policy = _micro_policy(smol_tokenizer, tmp_path, monkeypatch)
     pairs = _real_pairs(data_dir, 12)
     task = TaskInstance(
         name="micro",
@@ -143,6 +139,17 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     assert again.policies["1.000000,0.000000"] == paths["1.000000,0.000000"]
 
 
+def _micro_policy(smol_tokenizer, tmp_path, monkeypatch):
+    """A saved micro policy folder over SmolLM2's tokenizer, and a cache of the test's own under tmp_path."""
+    from mobench.models import micro_causal_lm
+
+    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    return policy
+
+
 class _Captured(Exception):
     """Raised by the intercepted RLOOTrainer.train once trl has built its reward weights: nothing trains."""
 
@@ -153,13 +160,9 @@ def test_trl_receives_the_weights_and_z_scored_rewards(weights, smol_tokenizer, 
     import torch
     import trl
 
-    from mobench.models import micro_causal_lm
     from mobench.training import RlBudget, train_rl_policy
 
-    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    policy = tmp_path / "policy"
-    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
-    smol_tokenizer.save_pretrained(policy)
+    policy = _micro_policy(smol_tokenizer, tmp_path, monkeypatch)
     seen = {}
 
     def intercepted(self, *args, **kwargs):
@@ -211,13 +214,9 @@ def test_rl_samples_as_many_tokens_as_the_evaluation_generates(smol_tokenizer, t
     import trl
 
     from mobench.api import Generation
-    from mobench.models import micro_causal_lm
     from mobench.training import RlBudget, train_rl_policy
 
-    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
-    policy = tmp_path / "policy"
-    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
-    smol_tokenizer.save_pretrained(policy)
+    policy = _micro_policy(smol_tokenizer, tmp_path, monkeypatch)
     seen = {}
 
     def intercepted(self, *args, **kwargs):

@@ -40,6 +40,26 @@ def _task() -> TaskInstance:
                         reference_point=(-1.0, -1.0))
 
 
+def _run_three_points(tmp_path, name, method_cls):
+    """A 3-point run of ``method_cls`` registered as ``name`` on the task ``t`` of :func:`_task`, into a store at tmp_path."""
+    from mobench import hookimpl
+    from mobench.plugins import _fill
+
+    class Plugin:
+        @hookimpl
+        def register_tasks(self, register):
+            register.task("t", lambda scale, context: _task(), objectives=("words", "letters"))
+
+        @hookimpl
+        def register_methods(self, register):
+            register.method(name, method_cls)
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(Plugin(), name="test-plugin")
+    _fill(pm, pm.registry)
+    return execute(RunConfig(method=name, task="t", grid=3), pm.registry, Store(tmp_path), RunContext())
+
+
 def test_score_point_applies_each_objectives_direction_mean_and_std():
     means, stderrs, z, items = score_point(_task(), ["p0", "p1"], ["a b c d e", "a"])
     assert means == {"words": 3.0, "letters": 5.0}
@@ -105,8 +125,6 @@ def test_score_point_refuses_bad_scores_with_one_line_naming_the_objective():
 
 
 def test_a_run_writes_direction_aware_z_scores(tmp_path):
-    from mobench import hookimpl
-
     class Fixed:
         def prepare(self, task, context):
             pass
@@ -117,21 +135,7 @@ def test_a_run_writes_direction_aware_z_scores(tmp_path):
         def provenance(self):
             return {}
 
-    class Plugin:
-        @hookimpl
-        def register_tasks(self, register):
-            register.task("t", lambda scale, context: _task(), objectives=("words", "letters"))
-
-        @hookimpl
-        def register_methods(self, register):
-            register.method("fixed", Fixed)
-
-    pm = get_plugin_manager(entry_points=False)
-    pm.register(Plugin(), name="test-plugin")
-    from mobench.plugins import _fill
-
-    _fill(pm, pm.registry)
-    result = execute(RunConfig(method="fixed", task="t", grid=3), pm.registry, Store(tmp_path), RunContext())
+    result = _run_three_points(tmp_path, "fixed", Fixed)
     rows = {tuple(r["weights"]): r for r in result.run.rows()}
     words = {w: r["mean"]["words"] for w, r in rows.items()}
     assert words == {(0.0, 1.0): 1.0, (0.5, 0.5): 5.0, (1.0, 0.0): 9.0}
@@ -161,10 +165,8 @@ def test_offline_work_inside_generate_is_recorded_apart_from_decoding(tmp_path):
     """A method that trains per preference inside generate: that time is offline cost, not decoding."""
     import time
 
-    from mobench import hookimpl
     from mobench.api import Method
     from mobench.leaderboard import leaderboard
-    from mobench.plugins import _fill
 
     class TrainsPerPoint(Method):
         def prepare(self, task, context):
@@ -177,19 +179,7 @@ def test_offline_work_inside_generate_is_recorded_apart_from_decoding(tmp_path):
                     time.sleep(0.05)  # "training" the point's policy
             return [["word " * round(1 + 8 * p[0]) for _ in prompts] for p in preferences]
 
-    class Plugin:
-        @hookimpl
-        def register_tasks(self, register):
-            register.task("t", lambda scale, context: _task(), objectives=("words", "letters"))
-
-        @hookimpl
-        def register_methods(self, register):
-            register.method("trains", TrainsPerPoint)
-
-    pm = get_plugin_manager(entry_points=False)
-    pm.register(Plugin(), name="test-plugin")
-    _fill(pm, pm.registry)
-    result = execute(RunConfig(method="trains", task="t", grid=3), pm.registry, Store(tmp_path), RunContext())
+    result = _run_three_points(tmp_path, "trains", TrainsPerPoint)
     rows = result.run.rows()
     assert len(rows) == 3
     for r in rows:
