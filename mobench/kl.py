@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,18 +36,17 @@ def sequence_log_ratio(model, input_ids, attention_mask, prompt_len: int, eos_id
     import torch
 
     response = input_ids[:, prompt_len:]
-    counted = torch.ones_like(response, dtype=torch.bool)
     is_eos = torch.zeros_like(response, dtype=torch.bool)
     for e in eos_ids:
         is_eos |= response == int(e)
     # Tokens after the first EOS are padding: a position counts while no EOS came strictly before it.
     before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()
-    counted &= before == 0
+    counted = before == 0
     mask = attention_mask.clone()
     mask[:, prompt_len:] = counted.long()
 
     def logps(disable: bool):
-        ctx = model.disable_adapter() if disable else _nullcontext()
+        ctx = model.disable_adapter() if disable else nullcontext()
         with torch.no_grad(), ctx:
             # Positions as generate gave them to left-padded rows (counted from each row's first real token).
             positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -56,14 +56,6 @@ def sequence_log_ratio(model, input_ids, attention_mask, prompt_len: int, eos_id
 
     ratio = (logps(False) - logps(True)) * counted
     return ratio.sum(dim=1), counted.sum(dim=1)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def estimate_kl(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
