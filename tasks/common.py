@@ -83,6 +83,19 @@ class BuiltinTask:
             raise MobenchError(f"task {self.name!r} has no scale {scale!r} (known: {known})")
         return self.scales[scale]
 
+    def training_pairs(self, scale: str = "tiny") -> dict[str, list[PreferencePair]]:
+        """Objective name -> the preference pairs at ``scale``, in their seeded order, prompts templated for the policy.
+
+        What :meth:`load` puts in ``TaskInstance.pairs``, without building the objectives (benches of the trainers).
+        """
+        from mobench.tasks.chats import template
+
+        cfg = self.config(scale)
+        # A seeded order so that the first n pairs a trainer takes are a fair sample of all of them.
+        raw = {name: seeded_order(pairs, cfg.seed) for name, pairs in self.pairs().items()}
+        rest = iter(template(cfg.policy, [p.chat for ps in raw.values() for p in ps]))
+        return {name: [PreferencePair(next(rest), p.chosen, p.rejected) for p in ps] for name, ps in raw.items()}
+
     def load(self, scale: str = "tiny", context: RunContext | None = None) -> TaskInstance:
         """The task at ``scale``: prompts and pairs templated for the policy, objectives from the registry."""
         from mobench.tasks.chats import template
@@ -91,11 +104,8 @@ class BuiltinTask:
         cfg = self.config(scale)
         context = context if context is not None else RunContext()
         chats = self.chats(cfg)
-        # A seeded order so that the first n pairs a trainer takes are a fair sample of all of them.
-        raw = {name: seeded_order(pairs, cfg.seed) for name, pairs in self.pairs().items()}
-        templated = template(cfg.policy, chats + [p.chat for ps in raw.values() for p in ps])
-        prompts, rest = templated[: len(chats)], iter(templated[len(chats):])
-        pairs = {name: [PreferencePair(next(rest), p.chosen, p.rejected) for p in ps] for name, ps in raw.items()}
+        prompts = template(cfg.policy, chats)
+        pairs = self.training_pairs(scale)
         leaked = set(prompts) & {p.prompt for ps in pairs.values() for p in ps}
         if leaked:  # guarded by construction in tasks.data; kept as a check because it would bias every method
             raise MobenchError(f"task {self.name!r}: {len(leaked)} evaluation prompts also appear in training pairs")

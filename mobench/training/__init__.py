@@ -14,7 +14,10 @@ DPO experts (one per objective, trl's DPOTrainer, the policy with its adapter di
     ``ExpertsMethod`` (base class of a method on the experts: prepare loads them, provenance lists them);
     ``expert_key``, ``expert_pairs``, ``expert_record``, ``experts_provenance`` (folders and records, for a
     method's provenance); ``dpo_config`` and ``dpo_hyper`` (trl's DPOConfig
-    and the key's hyper-parameters from a budget, for other DPO-style trainers); ``DPO_RECIPE``.
+    and the key's hyper-parameters from a budget, for other DPO-style trainers); ``DPO_RECIPE``;
+    ``preference_dataset`` (trl's preference columns plus each pair's padded width, which the length-grouped
+    order of ``DpoBudget.group_by_length`` reads), ``pair_lengths`` (the rows' tokens as trl's collator builds
+    them), ``expert_trainer`` (the expert's trl DPOTrainer, before training).
 
 RL on a weighted sum of z-scored rewards (trl's RLOOTrainer)
     ``train_rl_policy(policy, objectives, normalisation, weights, prompts, budget, context)`` -> folder;
@@ -68,11 +71,14 @@ from mobench.training.dpo import (
     dpo_config,
     dpo_hyper,
     expert_key,
+    expert_trainer,
     expert_pairs,
     expert_record,
     experts_provenance,
     load_expert_policy,
     load_experts,
+    pair_lengths,
+    preference_dataset,
     train_dpo_expert,
 )
 from mobench.training.rl import (
@@ -89,7 +95,7 @@ __all__ = [
     "LoraBudget", "DpoBudget", "RlBudget",
     "ExpertsMethod", "train_dpo_expert", "load_experts", "load_expert_policy", "expert_key", "expert_pairs", "expert_record",
     "experts_provenance",
-    "dpo_config", "dpo_hyper", "DPO_RECIPE",
+    "dpo_config", "dpo_hyper", "DPO_RECIPE", "preference_dataset", "pair_lengths", "expert_trainer",
     "train_rl_policy", "training_prompts", "weighted_rewards", "scalarised_reward", "objective_reward", "rloo_config",
     "lora_config", "lora_key", "policy_fingerprint", "key_environment", "TRAINING_LIBRARIES", "TRAIN_INFO",
     "load_for_training", "train_and_save", "pairs_dataset", "data_hash", "truncate_prompts",

@@ -50,6 +50,11 @@ class DpoBudget(LoraBudget):
     warmup_steps: int = option(0, "linear warm-up steps")
     lr_scheduler_type: str = option("linear", "transformers learning-rate schedule")
     gradient_checkpointing: bool = option(False, "activation checkpointing (saves memory, costs time)")
+    group_by_length: bool = option(
+        True,
+        "batches of pairs of similar token length (transformers' LengthGroupedSampler) instead of a random order: "
+        "the same pairs and steps, less padding",
+    )
 
     PRESETS: ClassVar = {
         # Measured on an idle 2-core CPU (2026-11-23): one hh expert (r=16, batch 8, 32 steps, max_length 256)
@@ -67,8 +72,11 @@ class DpoBudget(LoraBudget):
 
 
 EXPERT_KIND = "dpo-experts"
-# Bumped when mobench's own data handling around trl changes (prompt truncation rule), so old experts are not reused.
-DPO_RECIPE = 2
+# Bumped when mobench's own data handling around trl changes (2: prompt truncation rule; 3: the length column and
+# length-grouped batches), so old experts are not reused.
+DPO_RECIPE = 3
+# The dataset column of each pair's padded width that transformers' length-grouped sampler reads.
+LENGTH_COLUMN = "length"
 # Schedule fields that enter a key only when they differ from these defaults (keys stay as they were).
 _SCHEDULE_DEFAULTS = {"gradient_accumulation_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "linear"}
 
@@ -81,6 +89,7 @@ def dpo_hyper(budget: DpoBudget) -> dict[str, Any]:
         "learning_rate": float(budget.learning_rate),
         "beta": float(budget.beta),
         "max_length": int(budget.max_length),
+        "group_by_length": bool(budget.group_by_length),
         "lora": lora_key(budget),
     }
     for name, default in _SCHEDULE_DEFAULTS.items():
@@ -90,7 +99,16 @@ def dpo_hyper(budget: DpoBudget) -> dict[str, Any]:
 
 
 def dpo_config(budget: DpoBudget, output_dir: str, seed: int, device: str, precompute_ref_log_probs: bool = False):
-    """trl's DPOConfig for a LoRA DPO (or margin-DPO) run from a budget, on ``device``."""
+    """trl's DPOConfig for a LoRA DPO (or margin-DPO) run from a budget, on ``device``.
+
+    With ``budget.group_by_length`` the training order is transformers' ``LengthGroupedSampler`` over the
+    dataset's ``length`` column (:func:`preference_dataset` writes it): the pairs in a random order (torch's
+    generator, seeded by the trainer), cut into mega-batches (a quarter of the pairs, at most 50 batches) that
+    are each sorted by length, longest first; the longest pair's batch goes first. trl 1.16's DPOTrainer keeps only its tokenised
+    columns for the dataloader and transformers builds the sampler after that removal, so the sampler would
+    find neither a length column nor ``input_ids``; ``remove_unused_columns=False`` keeps the column (trl's
+    collator reads only the columns it needs).
+    """
     from trl import DPOConfig
 
     on_cuda = str(device).startswith("cuda")
@@ -105,6 +123,9 @@ def dpo_config(budget: DpoBudget, output_dir: str, seed: int, device: str, preco
         beta=float(budget.beta),
         max_length=int(budget.max_length),
         precompute_ref_log_probs=bool(precompute_ref_log_probs),
+        train_sampling_strategy="group_by_length" if budget.group_by_length else "random",
+        length_column_name=LENGTH_COLUMN,
+        remove_unused_columns=not budget.group_by_length,
         seed=int(seed),
         data_seed=int(seed),
         bf16=on_cuda,
@@ -116,6 +137,24 @@ def dpo_config(budget: DpoBudget, output_dir: str, seed: int, device: str, preco
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def pair_lengths(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> list[tuple[int, int]]:
+    """Per pair, the tokens of its chosen and its rejected row as trl's DPO collator builds them.
+
+    trl appends EOS to each completion, tokenises prompt + completion as one text and cuts each row at
+    ``max_length``; a batch is padded to its longest row (chosen and rejected rows together).
+    """
+    eos = tokenizer.eos_token
+    texts = [p.prompt + (c if c.endswith(eos) else c + eos) for p in pairs for c in (p.chosen, p.rejected)]
+    sizes = [min(len(ids), int(max_length)) for ids in tokenizer(texts)["input_ids"]]
+    return list(zip(sizes[0::2], sizes[1::2]))
+
+
+def preference_dataset(pairs: Sequence[PreferencePair], tokenizer, max_length: int):
+    """trl's preference dataset of ``pairs`` plus a ``length`` column (each pair's padded width) for length grouping."""
+    widths = [max(chosen, rejected) for chosen, rejected in pair_lengths(pairs, tokenizer, max_length)]
+    return pairs_dataset(pairs).add_column(LENGTH_COLUMN, widths)
 
 
 def expert_pairs(objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget) -> list[PreferencePair]:
@@ -142,22 +181,30 @@ def expert_key(policy: str, objective: str, pairs: Sequence[PreferencePair], bud
 def _train(policy: str, objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget,
            context: RunContext | None, out: Path) -> None:
     """Train one LoRA DPO expert and save the adapter (and a training record) into ``out``."""
-    from trl import DPOTrainer
-
     model, tok, device, seed = load_for_training(policy, context)
     used = truncate_prompts(expert_pairs(objective, pairs, budget), tok, int(budget.max_length))
     with tempfile.TemporaryDirectory(prefix="mobench-dpo-") as scratch, quiet_datasets():
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=None,  # with a peft adapter trl scores the reference with the adapter disabled
-            args=dpo_config(budget, scratch, seed, device),
-            train_dataset=pairs_dataset(used),
-            processing_class=tok,
-            peft_config=lora_config(budget),
-            callbacks=[progress_callback(context, f"DPO expert {objective}")],
-        )
+        trainer = expert_trainer(model, tok, used, budget, scratch, seed, device,
+                                 callbacks=[progress_callback(context, f"DPO expert {objective}")])
         with completion_positions_only():
             train_and_save(trainer, out, device, {"objective": objective})
+
+
+def expert_trainer(model, tokenizer, pairs: Sequence[PreferencePair], budget: DpoBudget, output_dir: str, seed: int,
+                   device: str, callbacks: Sequence[Any] = ()):
+    """trl's DPOTrainer for one LoRA DPO expert on ``pairs`` (already cut to fit), the reference being the policy
+    with its adapter disabled."""
+    from trl import DPOTrainer
+
+    return DPOTrainer(
+        model=model,
+        ref_model=None,  # with a peft adapter trl scores the reference with the adapter disabled
+        args=dpo_config(budget, output_dir, seed, device),
+        train_dataset=preference_dataset(pairs, tokenizer, int(budget.max_length)),
+        processing_class=tokenizer,
+        peft_config=lora_config(budget),
+        callbacks=list(callbacks),
+    )
 
 
 def train_dpo_expert(policy: str, objective: str, pairs: Sequence[PreferencePair], budget: DpoBudget,

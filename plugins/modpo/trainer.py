@@ -101,11 +101,12 @@ def _trainer_class():
 
 def modpo_trainer(model, tokenizer, pairs: Sequence[PreferencePair], margins: Sequence[float], w_k: float, config, **kwargs):
     """A ready MODPO trainer over trl's DPOTrainer: ``config`` is a trl DPOConfig, kwargs go to the trainer."""
-    from mobench.training import pairs_dataset
+    from mobench.training import preference_dataset
 
     if len(margins) != len(pairs):
         raise MobenchError(f"{len(margins)} margins for {len(pairs)} pairs")
-    dataset = pairs_dataset(pairs).add_column("margin", [float(m) for m in margins])
+    # The length column serves the budget's length-grouped order (DpoBudget.group_by_length), as for the experts.
+    dataset = preference_dataset(pairs, tokenizer, int(config.max_length)).add_column("margin", [float(m) for m in margins])
     return _trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, w_k=w_k, **kwargs)
 
 
@@ -229,7 +230,7 @@ def policy_key(task: TaskInstance, weights: Sequence[float], margins: MarginSour
     pairs = _pairs(task, names[k], budget)
     return {
         "trainer": "trl-dpo-lora-modpo",
-        "recipe": {"dpo": DPO_RECIPE, "modpo": 1},
+        "recipe": {"dpo": DPO_RECIPE, "modpo": 2},  # 2: pairs sorted by width for the reference pass
         "task": task.name,
         "scale": task.scale,
         "weights": [round(float(w), 6) for w in weights],
@@ -246,7 +247,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     import tempfile
 
     from mobench.training import (
-        completion_positions_only, data_hash, dpo_config, load_for_training, lora_config, progress_callback,
+        completion_positions_only, data_hash, dpo_config, load_for_training, lora_config, pair_lengths, progress_callback,
         train_and_save, truncate_prompts, weights_label,
     )
 
@@ -255,6 +256,11 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     model, tok, device, seed = load_for_training(task.policy, context)
     # The same prompt truncation as the DPO experts, so implicit margins see the pairs the experts saw.
     pairs = truncate_prompts(_pairs(task, names[k], budget), tok, int(budget.max_length))
+    # trl's reference pass (once per k, shared by the grid points) runs in dataset order: with the pairs sorted by
+    # padded width its batches pad little. Training draws its order over indices (random or length-grouped), so
+    # the sort changes no batch's distribution; the same sort at every point keeps the shared log-probs aligned.
+    widths = [max(rows) for rows in pair_lengths(pairs, tok, int(budget.max_length))]
+    pairs = [pair for _, pair in sorted(zip(widths, pairs), key=lambda item: item[0])]
     diffs = margins.differences(names[k], [names[j] for j in others], pairs)
     margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k, len(pairs))
     # The DPO experts' CPU speed-up (score completion tokens only) also covers the reference precompute.
