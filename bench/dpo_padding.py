@@ -15,8 +15,8 @@ generator is torch's global one seeded by the trainer, here one seeded per seed:
 ``sorted``, all pairs sorted by width, the floor for this batch size (context only). ``random`` and
 ``grouped`` are given for ``--seed`` and as the mean, min and max over ``--seeds`` seeds from it.
 ``reduction`` is random padded / grouped padded (mean over seeds), i.e. how many times fewer tokens the
-forward and backward passes process. ``reference_precompute`` is MODPO's reference pass (trl's precompute, in
-dataset order, batches of ``batch_size``), which grouping does not change.
+forward and backward passes process. ``reference_pass`` is MODPO's reference pass (trl's precompute: one pass in
+dataset order, batches of ``batch_size``), before (the seeded pair order) and after (pairs sorted by width).
 
     python bench/dpo_padding.py --tasks hh summarize --seeds 10
 """
@@ -93,8 +93,13 @@ def measure(rows: list[tuple[int, int]], batch_size: int, accumulation: int, mic
     by_order["sorted"] = {"padded": padded, "real": real, "ratio": round(padded / real, 3)}
     by_order["reduction"] = round(by_order["random"]["over_seeds"]["padded_mean"] / by_order["grouped"]["over_seeds"]["padded_mean"], 3)
     by_order["reduction_at_seed"] = round(by_order["random"]["padded"] / by_order["grouped"]["padded"], 3)
-    padded, real = padded_and_real(list(range(len(rows))), rows, batch_size)
-    by_order["reference_precompute"] = {"padded": padded, "real": real, "ratio": round(padded / real, 3)}
+    # MODPO's reference pass: trl's precompute, one pass in dataset order; before, the seeded pair order, now the
+    # pairs sorted by width (plugins/modpo/trainer.py), i.e. the "sorted" batches above.
+    before, real = padded_and_real(list(range(len(rows))), rows, batch_size)
+    after, _ = padded_and_real(ranked, rows, batch_size)
+    by_order["reference_pass"] = {"padded_before": before, "padded_after": after, "real": real,
+                                  "ratio_before": round(before / real, 3), "ratio_after": round(after / real, 3),
+                                  "reduction": round(before / after, 3)}
     return by_order
 
 
