@@ -109,6 +109,8 @@ def run_method(args, method: str, results: Path) -> dict:
         **record,
         "run_id": run.run_id,
         "policy": manifest["policy"],
+        "prompts_sha256": manifest["prompts_sha256"],
+        "generation": manifest["generation"],
         "batch_size": manifest["generation"].get("batch_size"),
         "max_new_tokens": manifest["generation"].get("max_new_tokens"),
         "points": len(rows),
@@ -130,7 +132,7 @@ def baseline(args) -> dict:
     """Plain generate of the task's policy on the first prompts, once per grid point (run in its own process)."""
     import torch
 
-    from mobench.api import RunContext
+    from mobench.api import RunContext, prompts_sha256
     from mobench.cli import parse_option_items
     from mobench.decoding import generate_for_task
     from mobench.grid import simplex_grid
@@ -161,6 +163,8 @@ def baseline(args) -> dict:
         seconds += time.perf_counter() - t0
     return {
         "policy": task.policy,
+        "prompts_sha256": prompts_sha256(prompts),
+        "generation": task.generation.to_dict(),
         "batch_size": task.generation.batch_size,
         "max_new_tokens": task.generation.max_new_tokens,
         "do_sample": task.generation.do_sample,
@@ -204,8 +208,9 @@ def report(args, argv: list[str], results: Path) -> dict:
         record = run_method(args, method, results)
         texts = record.pop("texts", None)
         if texts is not None:
-            if record["policy"] != base["policy"]:
-                record["error"] = f"its run's policy {record['policy']!r} is not the baseline's {base['policy']!r}"
+            differs = [k for k in ("policy", "prompts_sha256", "generation") if record.pop(k) != base[k]]
+            if differs:  # not the same work as the baseline: no ratio to trust
+                record["error"] = f"its run's {', '.join(differs)} differ from the baseline's"
             record["tokens"] = count_tokens(tokenizer, texts)
             record["tokens_per_s"] = record["tokens"] / record["seconds"]
             record["ratio"] = record["tokens_per_s"] / base["tokens_per_s"]

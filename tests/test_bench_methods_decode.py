@@ -53,7 +53,7 @@ def test_bench_reports_each_methods_tokens_per_second_against_plain_generate(smo
         assert "error" not in figures, figures
         [run] = [r for r in Store(results).runs("micro-pairs") if r.read_manifest()["method"] == name]
         manifest, rows, generations = run.read_manifest(), run.rows(), run.generations()
-        assert figures["run_id"] == run.run_id
+        assert figures["run_id"] == run.run_id and manifest["prompts_sha256"] == base["prompts_sha256"]  # the same prompts
         assert f"--method {name} " in figures["command"] and all(f"-o {item}" in figures["command"] for item in MICRO_EXPERTS)
         assert len(rows) == figures["points"] == 2 and len(generations) == figures["responses"] == 2 * 2
         assert (figures["batch_size"], figures["max_new_tokens"]) == (base["batch_size"], base["max_new_tokens"])
