@@ -456,6 +456,7 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
     for run, m in manifests:
         by_line.setdefault(_group_key(m.get("method", run.path.parent.name), m), []).append((run, m))
     groups = []
+    line_notes: list[tuple[int, str]] = []  # (line index, text after the line's name)
     for key in sorted(by_line):
         runs = sorted(by_line[key], key=lambda rm: _stamp(rm[1]), reverse=True)
         label = option_label(runs[0][1]["method"], runs[0][1].get("config", {}).get("options"))
@@ -469,15 +470,18 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
         chosen_runs = sorted(per_seed.values(), key=lambda rm: _stamp(rm[1]), reverse=True)
         if not complete:
             newest = chosen_runs[0]
-            notes.append(f"{label} has no complete run: ranked on its newest run {newest[0].run_id}, "
-                         f"{_reason(newest[1])}, with {len(newest[0].rows())} of {len(newest[1]['grid'])} grid points")
+            line_notes.append((len(groups), f" has no complete run: ranked on its newest run {newest[0].run_id}, "
+                               f"{_reason(newest[1])}, with {len(newest[0].rows())} of {len(newest[1]['grid'])} grid points"))
         else:
             ranked_stamp = _stamp(chosen_runs[0][1])
             for run, m in runs:
                 if m.get("status") != "complete" and _stamp(m) > ranked_stamp and (m.get("status") != "running" or _gone(m)):
-                    notes.append(f"{label}: a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked")
+                    line_notes.append((len(groups), f": a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked"))
         groups.append((label, chosen_runs))
-    return chosen_scale, chosen, _distinct_labels(groups), notes
+    groups = _distinct_labels(groups)
+    # A line's notes name it as the leaderboard does (after two lines of one method got their options).
+    notes.extend(groups[i][0] + text for i, text in line_notes)
+    return chosen_scale, chosen, groups, notes
 
 
 def _check_pairable(task: str, runs: list[_Run]) -> None:

@@ -386,6 +386,21 @@ def test_runs_whose_defaults_changed_get_lines_named_by_the_options_they_differ_
                                                       "map[fitness=scored,fitness_prompts=16]", "other"]
 
 
+def test_a_note_names_a_line_as_the_leaderboard_does(store):
+    """Two lines of one method (a default changed): the note of the line without a complete run names that line."""
+    rng = np.random.default_rng(27)
+    w = grid2(5)
+    base = front_scores(w, 8, rng)
+    for fitness, rows, status, stamp in (("margin", 5, "complete", "2026-01-01T00:00:00+00:00"),
+                                         ("scored", 2, "interrupted", "2026-01-02T00:00:00+00:00")):
+        run = write_run(store, "map", base[:rows], w[:rows], grid=w, status=status, stamp=stamp, run_id=f"r-{fitness}")
+        run.write_manifest({**run.read_manifest(), "method_options": {"fitness": fitness}})
+    board = build(store, "toy", resamples=20)
+    assert sorted(e.label for e in board.entries) == ["map[fitness=margin]", "map[fitness=scored]"]
+    [note] = [n for n in board.notes if "no complete run" in n]
+    assert note.startswith("map[fitness=scored] has no complete run: ranked on its newest run r-scored, interrupted")
+
+
 def test_three_objectives_show_every_corner_and_plot_a_scatter_matrix(store, tmp_path):
     from mobench import report
 
