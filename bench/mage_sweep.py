@@ -16,7 +16,12 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the generic sweep beside this script
+from validation_sweep import add_differences, choose, draw_resamples, score_grid, summarise, validation_prompts  # noqa: E402
+from validation_sweep import ci_text as interval  # noqa: E402
 
 ALPHAS = (0.25, 0.5, 1.0, 2.0)
 RULES = ("top-k", "top-p")
@@ -28,47 +33,33 @@ def settings_grid(alphas: Sequence[float], rules: Sequence[str]) -> list[dict[st
 
 
 def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points: int | None = None,
-          progress=None) -> dict[str, Any]:
+          progress=None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict[str, Any]:
     """Decode ``task.validation_prompts`` at the grid under each setting with a prepared Mage ``method``.
 
-    Returns {"rows": [{setting, hv, spearman, points, seconds}], "default": the best row's setting, ...}.
+    Returns {"rows": [{setting, hv, hv_ci, spearman, spearman_ci, points, corners, seconds, ...}], "default": the
+    best row's setting, ...}; the scoring, the paired bootstrap over validation prompts and the choice are
+    bench/validation_sweep.py's (the generic sweep, which re-prepares per setting; here only the decoder changes).
     """
-    from mobench.api import MobenchError
     from mobench.grid import simplex_grid
-    from mobench.metrics import controllability, hypervolume
-    from mobench.runner import score_point
 
-    prompts = list(task.validation_prompts)
-    if not prompts:
-        raise MobenchError(f"task {task.name!r} has no validation prompts: the sweep never tunes on evaluation prompts")
-    leaked = set(prompts) & set(task.prompts)
-    if leaked:
-        raise MobenchError(f"{len(leaked)} validation prompts are evaluation prompts")
-    names = task.objective_names
-    preferences = simplex_grid(len(names), grid_points or task.grid_points)
+    prompts = validation_prompts(task)
+    preferences = simplex_grid(len(task.objective_names), grid_points or task.grid_points)
     chosen = [method.options.replace(dict(setting)) for setting in settings]
     for options in chosen:  # every setting checked before the first one decodes
         options.check_all()
-    rows = []
+    draw = draw_resamples(len(prompts), resamples, bootstrap_seed)
+    rows, boots = [], []
     for setting, options in zip(settings, chosen):
         start = time.perf_counter()
         decoder = method.decoder_for(options)
         outputs = decoder.generate(prompts, preferences, task.generation, context.seed, progress)
-        points = []
-        for responses in outputs:
-            _, _, normalised, _ = score_point(task, prompts, responses)
-            points.append([normalised[n] for n in names])
-        weights = [list(p.weights) for p in preferences]
-        rows.append({
-            "setting": dict(setting),
-            "hv": hypervolume(points, task.reference_point),
-            "spearman": controllability(weights, points)["spearman"],
-            "points": {",".join(f"{w:g}" for w in p.weights): dict(zip(names, pt)) for p, pt in zip(preferences, points)},
-            "seconds": round(time.perf_counter() - start, 2),
-        })
-    best = max(range(len(rows)), key=lambda i: (rows[i]["hv"], -i))
+        summary = summarise(task, preferences, *score_grid(task, prompts, preferences, outputs), draw)
+        boots.append(summary.pop("boot_hv"))
+        rows.append({"setting": dict(setting), **summary, "seconds": round(time.perf_counter() - start, 2)})
+    best = choose(rows)
+    add_differences(rows, boots, best)
     return {
-        "task": task.name, "scale": task.scale, "method": method.name, "objectives": names,
+        "task": task.name, "scale": task.scale, "method": method.name, "objectives": task.objective_names,
         "n_validation_prompts": len(prompts), "grid": [list(p.weights) for p in preferences],
         "reference_point": list(task.reference_point), "bone_soup_k": method.pieces.get("bone_soup_k"),
         "value_fit": method.pieces.get("value_fit"), "rows": rows, "default": rows[best]["setting"],
@@ -78,15 +69,16 @@ def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points
 def markdown(result: dict[str, Any]) -> str:
     """The sweep as a Markdown table (one row a setting, the chosen default marked) and the default's line."""
     names = result["objectives"]
-    corners = [",".join("1" if j == i else "0" for j in range(len(names))) for i in range(len(names))]
-    head = ["alpha", "candidates", "HV", "Spearman"] + [f"z {n} at e_{n}" for n in names]
+    head = ["alpha", "candidates", "HV [95% CI]", "Spearman [95% CI]"] + [f"z {n} at e_{n}" for n in names] + ["HV - default [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         s = row["setting"]
         mark = " **(default)**" if s == result["default"] else ""
-        zs = [row["points"].get(c, {}).get(n, float("nan")) for c, n in zip(corners, names)]
-        lines.append(f"| {s['alpha']:g} | {s['candidates']}{mark} | {row['hv']:.4f} | {row['spearman']:.2f} | "
-                     + " | ".join(f"{z:+.3f}" for z in zs) + " |")
+        zs = [row["corners"][n] for n in names]
+        lines.append(f"| {s['alpha']:g} | {s['candidates']}{mark} | {interval(row['hv'], row['hv_ci'], 4)} | "
+                     f"{interval(row['spearman'], row['spearman_ci'], 2)} | "
+                     + " | ".join("n/a" if z is None else f"{z:+.3f}" for z in zs)
+                     + f" | {interval(row['hv_minus_chosen'], row['hv_minus_chosen_ci'], 4)} |")
     lines.append("")
     lines.append(f"{result['method']} on {result['task']} ({result['scale']}), {result['n_validation_prompts']} validation "
                  f"prompts, grid of {len(result['grid'])}: default alpha={result['default']['alpha']:g}, "

@@ -286,7 +286,7 @@ class RunContext:
             from mobench.plugins import get_plugin_manager
 
             self.registry = get_plugin_manager().registry
-        return self.registry.build_objective(name, scale)
+        return self.registry.build_objective(name, scale, context=self)
 
 
 class Progress(Protocol):

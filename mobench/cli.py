@@ -372,14 +372,17 @@ def _notes(board) -> None:
 @click.option("--prompts", "n_prompts", type=int, default=16, show_default=True,
               help="First evaluation prompts the KL is estimated on (one sampled response each).")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+@_dtype_option
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.pass_context
-def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device, fmt):
+def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device, dtype, fmt):
     """KL(pi || pi_ref) of every trained policy of the leaderboard's runs on TASK (Monte Carlo, cached)."""
     import json as _json
 
     from mobench.api import RunContext
+    from mobench.artifacts import cache_root
     from mobench.kl import policy_kl, trained_policies
+    from mobench.logs import library_output
     from mobench.report import md_escape
     from mobench.store import Store
 
@@ -387,17 +390,21 @@ def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device,
         raise MobenchError(f"--prompts must be at least 2, not {n_prompts}")
     board = _entries(ctx, task, results, scale, calibration, 1)  # which runs are on the board; no CIs needed
     registry = _registry(ctx)
-    context = RunContext(device=device, registry=registry)
-    instance = registry.task(task).load(board.scale, context)
-    prompts = list(instance.prompts)[:n_prompts]
-    length = int(instance.generation.max_new_tokens)
+    dtype = None if dtype == "auto" else dtype
+    context = RunContext(device=device, registry=registry, dtype=dtype)
+    log = cache_root() / "logs" / f"kl-{task}-{board.scale}.log"
     store, rows = Store(results), []
-    for entry in board.entries:
-        manifest = store.run(task, entry.method, entry.run_id).read_manifest()
-        for label, folder in trained_policies(manifest.get("method_provenance") or {}).items():
-            kl = policy_kl(instance.policy, folder, prompts, length, device, seed=0)
-            rows.append({"method": entry.label, "policy": label, "kl": kl["kl"], "stderr": kl["stderr"],
-                         "n": kl["n"], "mean_tokens": kl["mean_tokens"], "adapter": folder})
+    with library_output(log, verbose=_verbose(ctx)):
+        instance = registry.task(task).load(board.scale, context)
+        prompts = list(instance.prompts)[:n_prompts]
+        length = int(instance.generation.max_new_tokens)
+        for entry in board.entries:
+            manifest = store.run(task, entry.method, entry.run_id).read_manifest()
+            for label, folder in trained_policies(manifest.get("method_provenance") or {}).items():
+                kl = policy_kl(instance.policy, folder, prompts, length, device, seed=0, dtype=dtype)
+                rows.append({"method": entry.label, "policy": label, "kl": kl["kl"], "stderr": kl["stderr"],
+                             "n": kl["n"], "mean_tokens": kl["mean_tokens"], "adapter": folder})
+    click.echo(f"library output: {log}", err=True)
     if fmt == "json":
         click.echo(_json.dumps(rows, indent=2))
         return

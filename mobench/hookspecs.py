@@ -56,6 +56,8 @@ def register_objectives(register):
         ``build(scale)`` returns a :class:`mobench.api.Objective` whose ``name`` and ``direction`` equal
         the registration's (the registry checks): +1 when higher is better, -1 when lower is better.
         A scorer that does not exist at a scale raises :class:`mobench.api.MobenchError` there.
+        A ``build(scale, context=None)`` that takes a ``context`` keyword gets the run's
+        :class:`mobench.api.RunContext` (``device``, ``dtype``: where its model runs, from ``--device``/``--dtype``).
     """
 
 

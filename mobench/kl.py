@@ -94,9 +94,13 @@ def estimate_kl(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, s
 
 
 def policy_kl(policy: str, adapter: str | Path, prompts: Sequence[str], max_new_tokens: int,
-              device: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """KL(pi || pi_ref) of the saved LoRA ``adapter`` on ``policy``, over ``prompts`` (cached per adapter and prompts)."""
+              device: str | None = None, seed: int = 0, dtype: str | None = None) -> dict[str, Any]:
+    """KL(pi || pi_ref) of the saved LoRA ``adapter`` on ``policy``, over ``prompts`` (cached per adapter and prompts).
+
+    ``dtype``: the precision the policy is loaded at (float32, bfloat16, float16; None: the device's default).
+    """
     from mobench.artifacts import get_or_build, library_versions
+    from mobench.models import resolve_dtype
     from mobench.training.common import load_policy_with_adapters, policy_fingerprint
 
     adapter = Path(adapter)
@@ -112,11 +116,12 @@ def policy_kl(policy: str, adapter: str | Path, prompts: Sequence[str], max_new_
         "prompts": {"sha256": prompts_sha256(list(prompts)), "n": len(prompts)},
         "max_new_tokens": int(max_new_tokens),
         "seed": int(seed),
+        "precision": dtype or "default",
         "versions": library_versions("torch", "transformers", "peft"),
     }
 
     def build(out: Path) -> None:
-        model, tok = load_policy_with_adapters(policy, {"policy": adapter}, device)
+        model, tok = load_policy_with_adapters(policy, {"policy": adapter}, device, dtype=resolve_dtype(dtype))
         result = estimate_kl(model, tok, list(prompts), int(max_new_tokens), seed)
         (out / KL_FILE).write_text(json.dumps(result, indent=2))
 

@@ -350,6 +350,38 @@ def option_label(method: str, options: Any) -> str:
     return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
 
 
+def _flat(options: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested option dicts as dotted keys: {"experts": {"steps": 32}} -> {"experts.steps": 32}."""
+    if not isinstance(options, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _distinct_labels(groups: list[tuple[str, list[tuple[RunDir, dict]]]]) -> list[tuple[str, list[tuple[RunDir, dict]]]]:
+    """Lines of one method whose labels collide (the same ``-o`` text, different resolved options: a default
+    changed between the runs) get the resolved options they differ in, so no two lines share a name."""
+    by_label: dict[str, list[int]] = {}
+    for i, (label, _) in enumerate(groups):
+        by_label.setdefault(label, []).append(i)
+    out = list(groups)
+    for label, members in by_label.items():
+        if len(members) < 2:
+            continue
+        resolved = [_flat(groups[i][1][0][1].get("method_options")) for i in members]
+        keys = sorted({k for r in resolved for k in r if len({json.dumps(x.get(k), default=str) for x in resolved}) > 1})
+        for i, r in zip(members, resolved):
+            shown = ",".join(f"{k}={r.get(k)}" for k in keys) or groups[i][1][0][0].run_id
+            base = label[:-1] + "," if label.endswith("]") else label + "["
+            out[i] = (f"{base}{shown}]", groups[i][1])
+    return out
+
+
 def _group_key(method: str, manifest: dict[str, Any]) -> str:
     """One leaderboard line per method and option set (the resolved options, else the -o text)."""
     options = manifest.get("method_options")
@@ -424,6 +456,7 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
     for run, m in manifests:
         by_line.setdefault(_group_key(m.get("method", run.path.parent.name), m), []).append((run, m))
     groups = []
+    line_notes: list[tuple[int, str]] = []  # (line index, text after the line's name)
     for key in sorted(by_line):
         runs = sorted(by_line[key], key=lambda rm: _stamp(rm[1]), reverse=True)
         label = option_label(runs[0][1]["method"], runs[0][1].get("config", {}).get("options"))
@@ -437,14 +470,17 @@ def _select(store: Store, task: str, scale: str | None, calibration: str | None)
         chosen_runs = sorted(per_seed.values(), key=lambda rm: _stamp(rm[1]), reverse=True)
         if not complete:
             newest = chosen_runs[0]
-            notes.append(f"{label} has no complete run: ranked on its newest run {newest[0].run_id}, "
-                         f"{_reason(newest[1])}, with {len(newest[0].rows())} of {len(newest[1]['grid'])} grid points")
+            line_notes.append((len(groups), f" has no complete run: ranked on its newest run {newest[0].run_id}, "
+                               f"{_reason(newest[1])}, with {len(newest[0].rows())} of {len(newest[1]['grid'])} grid points"))
         else:
             ranked_stamp = _stamp(chosen_runs[0][1])
             for run, m in runs:
                 if m.get("status") != "complete" and _stamp(m) > ranked_stamp and (m.get("status") != "running" or _gone(m)):
-                    notes.append(f"{label}: a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked")
+                    line_notes.append((len(groups), f": a newer run {run.run_id} is {_reason(m)}; the complete run {chosen_runs[0][0].run_id} is ranked"))
         groups.append((label, chosen_runs))
+    groups = _distinct_labels(groups)
+    # A line's notes name it as the leaderboard does (after two lines of one method got their options).
+    notes.extend(groups[i][0] + text for i, text in line_notes)
     return chosen_scale, chosen, groups, notes
 
 

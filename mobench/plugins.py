@@ -30,6 +30,17 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 NAME_RULE = "lower-case letters, digits, '-', '_' or '.', starting with a letter or digit"
 
 
+def _takes_context(build: Callable[..., Any]) -> bool:
+    """Whether an objective factory accepts a ``context`` keyword (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "context" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 @dataclass
 class PluginInfo:
     """Where a plugin came from: its name, origin (builtin / entry point / file) and version."""
@@ -71,10 +82,14 @@ class Registry:
         """The registered objective ``name``; a MobenchError with "did you mean" when unknown."""
         return self._get("objective", self.objectives, name)
 
-    def build_objective(self, name: str, scale: str = "tiny"):
-        """Build the registered objective ``name`` at ``scale``; its name and direction must match the registration."""
+    def build_objective(self, name: str, scale: str = "tiny", context: Any = None):
+        """Build the registered objective ``name`` at ``scale``; its name and direction must match the registration.
+
+        A factory that takes a ``context`` keyword gets the run's :class:`mobench.api.RunContext` (its device and
+        dtype: where a scorer's model runs); a factory ``build(scale)`` is called as before.
+        """
         spec = self.objective(name)
-        built = spec.build(scale)
+        built = spec.build(scale, context=context) if context is not None and _takes_context(spec.build) else spec.build(scale)
         if getattr(built, "name", None) != spec.name or getattr(built, "direction", None) != spec.direction:
             raise MobenchError(
                 f"objective {name!r} was registered with direction {spec.direction:+d} but its build returned "

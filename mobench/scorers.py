@@ -270,18 +270,20 @@ class SequenceClassifierScorer:
     """
 
     def __init__(self, model_id: str, context: Callable[[str], str], input_format: str = "text_pair",
-                 label_index: int = 0, batch_size: int = 8, max_length: int = 1024, device: str | None = None):
+                 label_index: int = 0, batch_size: int = 8, max_length: int = 1024, device: str | None = None,
+                 dtype: str | None = None):
         if input_format not in INPUT_FORMATS:
             raise MobenchError(f"unknown reward-model input format {input_format!r} (known: {', '.join(INPUT_FORMATS)})")
         self.model_id, self.context, self.input_format = model_id, context, input_format
         self.label_index, self.batch_size, self.max_length, self.device = label_index, batch_size, max_length, device
+        self.dtype = dtype  # a --dtype name (float32, bfloat16, float16) or None: the device's default
         self._loaded = None
 
     def _load(self):
         if self._loaded is None:
-            from mobench.models import load_sequence_classifier
+            from mobench.models import load_sequence_classifier, resolve_dtype
 
-            model, tok = load_sequence_classifier(self.model_id, device=self.device)
+            model, tok = load_sequence_classifier(self.model_id, device=self.device, dtype=resolve_dtype(self.dtype))
             if self.label_index >= model.config.num_labels:
                 raise MobenchError(f"reward model {self.model_id!r} has {model.config.num_labels} labels; label {self.label_index} asked")
             self._loaded = (model, tok)

@@ -11,17 +11,19 @@ import click
 
 from mobench import hookimpl
 from mobench.api import SCALES
+from mobench.models import DTYPES
 
 
-def _load(task: str, scale: str, device: str | None = None):
-    """The task instance as its ``load`` returns it (no calibration needed to check its objectives)."""
+def _load(task: str, scale: str, device: str | None = None, dtype: str | None = None):
+    """The task instance as its ``load`` returns it (no calibration needed to check its objectives); ``device``
+    and ``dtype`` reach the objectives' models through the run context."""
     from mobench.api import RunContext
     from mobench.plugins import get_plugin_manager
 
     ctx = click.get_current_context(silent=True)
     # The CLI hands its plugin manager (which honours --plugins-dir) to commands as ctx.obj["pm"].
     pm = ctx.obj.get("pm") if ctx is not None and isinstance(ctx.obj, dict) and ctx.obj.get("pm") else get_plugin_manager()
-    return pm.registry.task(task).load(scale, RunContext(device=device, registry=pm.registry))
+    return pm.registry.task(task).load(scale, RunContext(device=device, registry=pm.registry, dtype=dtype))
 
 
 def pairwise_accuracy(objective, pairs) -> float:
@@ -47,11 +49,12 @@ def length_correlations(task: str, scale: str) -> dict[str, dict]:
         return {}
 
 
-def objective_accuracies(task: str, scale: str, n_pairs: int = 200) -> list[dict]:
+def objective_accuracies(task: str, scale: str, n_pairs: int = 200, device: str | None = None,
+                         dtype: str | None = None) -> list[dict]:
     """Per objective of the task: the trained head's held-out accuracy beside the length-only baseline on the
     same held-out pairs, or, for a scorer that was not trained on the task's pairs (hub reward models), its
     accuracy on the first ``n_pairs`` of them; and its correlation with length from the calibration."""
-    instance = _load(task, scale)
+    instance = _load(task, scale, device, dtype)
     rho = length_correlations(task, scale)
     rows = []
     for objective in instance.objectives:
@@ -76,14 +79,17 @@ def objective_accuracies(task: str, scale: str, n_pairs: int = 200) -> list[dict
 @click.option("--task", required=True, help="Task whose objectives to evaluate.")
 @click.option("--scale", type=click.Choice(SCALES), default="tiny", show_default=True)
 @click.option("--pairs", "n_pairs", default=200, show_default=True, help="Pairs for scorers not trained by mobench.")
-def objectives_eval(task: str, scale: str, n_pairs: int) -> None:
+@click.option("--device", default=None, help="Where the objectives' reward models run: cpu, cuda, ... (default: automatic).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Precision of the reward models (auto: the device's default; the tiny heads' encoder stays fp32 on CPU).")
+def objectives_eval(task: str, scale: str, n_pairs: int, device: str | None, dtype: str) -> None:
     """Print each objective's held-out pairwise accuracy, the length-only baseline on the same pairs
     ("longer wins" or "shorter wins", whichever the training pairs favour) and the Spearman correlation of
     its score with the response's words (reference policy's / data responses, from the calibration)."""
     def num(x) -> str:
         return "n/a" if x is None else f"{x:+.2f}"
 
-    for row in objective_accuracies(task, scale, n_pairs):
+    for row in objective_accuracies(task, scale, n_pairs, device, None if dtype == "auto" else dtype):
         acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         base = ""
         if row.get("length_baseline") is not None:

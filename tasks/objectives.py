@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, Callable
 
 from mobench import hookimpl
-from mobench.api import SCALES, Chat, MobenchError
+from mobench.api import SCALES, Chat, MobenchError, RunContext
 from mobench.scorers import (
     BradleyTerryScorer,
     ScoredObjective,
@@ -145,22 +145,29 @@ def _head_objective(name: str) -> ScoredObjective:
     return ScoredObjective(name, OBJECTIVES[name].direction, scorer, info, trained_on=trained_on)
 
 
-def _hub_objective(name: str) -> ScoredObjective:
+def _hub_objective(name: str, run: RunContext | None = None) -> ScoredObjective:
     model_id, context, fmt, label = HUB_MODELS[name]
-    scorer = SequenceClassifierScorer(model_id, context, input_format=fmt, label_index=label)
+    # The run's --device and --dtype: where and at which precision the reward model runs.
+    scorer = SequenceClassifierScorer(model_id, context, input_format=fmt, label_index=label,
+                                      device=run.device if run else None, dtype=run.dtype if run else None)
     return ScoredObjective(name, OBJECTIVES[name].direction, scorer,
                            {"scorer": "hub reward model", "model": model_id, "input_format": fmt, "logit": label})
 
 
-def build_objective(name: str, scale: str = "tiny") -> ScoredObjective:
-    """The objective called ``name`` at ``scale``; a MobenchError when it has no scorer there."""
+def build_objective(name: str, scale: str = "tiny", context: RunContext | None = None) -> ScoredObjective:
+    """The objective called ``name`` at ``scale``; a MobenchError when it has no scorer there.
+
+    ``context`` (the run's): its device and dtype reach the hub reward models. The tiny heads' MiniLM
+    encoder stays on the CPU in float32 whatever the run asks, so that a head scores with exactly the
+    features it was fitted on (it is small: ~55 texts/s on 2 cores).
+    """
     if scale not in SCALES:
         raise MobenchError(f"unknown scale {scale!r} (known: {', '.join(SCALES)})")
     if name in CHEAP:
         fn = CHEAP[name]
         return ScoredObjective(name, OBJECTIVES[name].direction, fn, {"scorer": fn.__doc__.strip().splitlines()[0]})
     if scale == "paper" and name in HUB_MODELS:
-        return _hub_objective(name)
+        return _hub_objective(name, context)
     if scale == "tiny" and name in HEADS:
         return _head_objective(name)
     if name in OBJECTIVES:

@@ -370,6 +370,37 @@ def test_option_variants_are_ranked_side_by_side_under_labels(store):
     assert board.entries[1].options == {"alpha": "2"}
 
 
+def test_runs_whose_defaults_changed_get_lines_named_by_the_options_they_differ_in(store):
+    rng = np.random.default_rng(26)
+    w = grid2(3)
+    base = front_scores(w, 16, rng)
+    old = {"fitness": "margin", "fitness_prompts": 8, "experts": {"steps": 32}}
+    new = {"fitness": "scored", "fitness_prompts": 16, "experts": {"steps": 32}}
+    for options, shift, stamp in ((old, 0.0, "2026-01-01T00:00:00+00:00"), (new, 1.0, "2026-01-02T00:00:00+00:00")):
+        run = write_run(store, "map", base + shift, w, stamp=stamp, run_id=f"r-{options['fitness']}")
+        manifest = run.read_manifest()
+        run.write_manifest({**manifest, "method_options": options})
+    write_run(store, "other", base, w)  # a method with one line keeps its plain name
+    board = build(store, "toy", resamples=20)
+    assert sorted(e.label for e in board.entries) == ["map[fitness=margin,fitness_prompts=8]",
+                                                      "map[fitness=scored,fitness_prompts=16]", "other"]
+
+
+def test_a_note_names_a_line_as_the_leaderboard_does(store):
+    """Two lines of one method (a default changed): the note of the line without a complete run names that line."""
+    rng = np.random.default_rng(27)
+    w = grid2(5)
+    base = front_scores(w, 8, rng)
+    for fitness, rows, status, stamp in (("margin", 5, "complete", "2026-01-01T00:00:00+00:00"),
+                                         ("scored", 2, "interrupted", "2026-01-02T00:00:00+00:00")):
+        run = write_run(store, "map", base[:rows], w[:rows], grid=w, status=status, stamp=stamp, run_id=f"r-{fitness}")
+        run.write_manifest({**run.read_manifest(), "method_options": {"fitness": fitness}})
+    board = build(store, "toy", resamples=20)
+    assert sorted(e.label for e in board.entries) == ["map[fitness=margin]", "map[fitness=scored]"]
+    [note] = [n for n in board.notes if "no complete run" in n]
+    assert note.startswith("map[fitness=scored] has no complete run: ranked on its newest run r-scored, interrupted")
+
+
 def test_three_objectives_show_every_corner_and_plot_a_scatter_matrix(store, tmp_path):
     from mobench import report
 

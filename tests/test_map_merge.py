@@ -165,7 +165,7 @@ def test_each_group_gets_its_own_coefficients(micro_lm):
 
 # -- compiling on a micro policy ----------------------------------------------------------------------
 
-SMALL = {"fitness_pairs": 3, "fitness_max_length": 48, "population": 16, "generations": 10, "reevaluate": 2}
+SMALL = {"fitness": "margin", "fitness_pairs": 3, "fitness_max_length": 48, "population": 16, "generations": 10, "reevaluate": 2}
 
 
 def _micro(tmp_path, data_dir, smol_tokenizer, monkeypatch):
@@ -252,6 +252,40 @@ def test_map_answers_from_the_predicted_front(tmp_path, data_dir, smol_tokenizer
     chosen = method.provenance()["chosen"]["0.000000,1.000000"]
     assert chosen["rows"] == [[best_for((0.0, 1.0), F), 1.0]]
     assert chosen["coefficients"] == pytest.approx(X[best_for((0.0, 1.0), F)].tolist(), abs=1e-6)
+
+
+def test_the_scored_fitness_is_the_runners_z_mean_on_validation_prompts_never_evaluation_ones(
+        tmp_path, data_dir, smol_tokenizer, monkeypatch):
+    from dataclasses import replace
+
+    from mobench.api import Normalisation
+    from mobench.decoding import generate_responses
+    from mobench.methods.mapmerge import Map
+    from mobench.methods.mapmerge.fitness import ScoredFitness, fitness_prompts
+
+    task = _micro(tmp_path, data_dir, smol_tokenizer, monkeypatch)
+    held = [p.prompt for p in task.pairs["harmless"][4:]]
+    validation = [p for p in held if p not in task.prompts][:2]
+    task = replace(task, validation_prompts=validation,
+                   normalisation={"harmless": Normalisation(30.0, 7.0), "helpful": Normalisation(10.0, 3.0)})
+    budget = micro_budget(n_pairs=4, lr=5e-2)
+    # validation prompts first, then held-out pair prompts; never an evaluation prompt
+    chosen = fitness_prompts(task, budget, 5)
+    assert chosen[:2] == validation and len(chosen) == len(set(chosen)) and not set(chosen) & set(task.prompts)
+    assert fitness_prompts(task, budget, 1) == validation[:1]
+    assert Map.Options().fitness == "scored" and Map.Options().fitness_tokens is None  # the default, at the eval length
+    method = Map(Map.Options(experts=budget).replace({"population": 8, "generations": 4, "reevaluate": 1, "samples": 1}))
+    method.prepare(task, RunContext(seed=0, device="cpu"))
+    fitness = method._make_fitness()
+    assert isinstance(fitness, ScoredFitness) and fitness.prompts == fitness_prompts(task, budget, 16)
+    assert fitness.max_new_tokens == task.generation.max_new_tokens
+    # exactly the runner's z: direction x (mean raw score - mean) / std, per objective, of greedy generations
+    responses = generate_responses(method.model, method.tokenizer, fitness.prompts, max_new_tokens=fitness.max_new_tokens,
+                                   batch_size=fitness.batch_size, seed=0)
+    want = [o.direction * (np.mean(o.score(fitness.prompts, responses)) - task.normalisation[o.name].mean)
+            / task.normalisation[o.name].std for o in task.objectives]
+    np.testing.assert_allclose(fitness(), want, rtol=1e-12)
+    assert method.library_key()["fitness_data"]["prompts"] == fitness.prompts
 
 
 def test_both_methods_reuse_rewarded_soups_experts_at_the_tiny_scale():

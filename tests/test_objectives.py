@@ -150,6 +150,30 @@ def test_paper_objectives_name_the_papers_reward_models():
         helpful.score(["\n\nHuman: hi\n\nAssistant:"], ["hello"])
 
 
+def test_the_runs_device_and_dtype_reach_the_reward_models_and_old_factories_still_work():
+    from mobench.api import ObjectiveSpec, RunContext
+    from mobench.plugins import get_plugin_manager
+    from mobench.scorers import ScoredObjective
+
+    registry = get_plugin_manager(entry_points=False).registry
+    context = RunContext(device="cpu", dtype="bfloat16", registry=registry)
+    helpful = context.objective("helpful", "paper")  # the path a task's load takes (the model loads lazily)
+    assert (helpful.fn.device, helpful.fn.dtype) == ("cpu", "bfloat16")
+    plain = build_objective("helpful", "paper")
+    assert (plain.fn.device, plain.fn.dtype) == (None, None)
+    # A third-party factory build(scale), without a context keyword, is called as before; one with it gets the context.
+    seen = []
+
+    def zeros(name):
+        return ScoredObjective(name, 1, lambda prompts, responses: [0.0] * len(responses))
+
+    registry.objectives["old"] = ObjectiveSpec("old", lambda scale: zeros("old"), 1)
+    registry.objectives["new"] = ObjectiveSpec("new", lambda scale, context=None: seen.append(context) or zeros("new"), 1)
+    assert context.objective("old").name == "old"
+    assert context.objective("new").name == "new" and seen == [context]
+    assert registry.build_objective("new", "tiny").name == "new" and seen == [context, None]
+
+
 def test_prompt_messages_reads_llama3_and_hh_transcripts():
     from mobench.tasks.chats import hh_transcript
 

@@ -69,7 +69,10 @@ class MicroGreedy(Method):
         return [generate_for_task(self.model, self.tokenizer, prompts, task.generation, context, "micro") for _ in preferences]
 
     def provenance(self):
-        return {"dtype": str(self.model.dtype), "new_tokens": getattr(self, "new_tokens", None)}
+        found = {"dtype": str(self.model.dtype), "new_tokens": getattr(self, "new_tokens", None)}
+        if os.environ.get("MOBENCH_NOISY_ADAPTER"):  # a saved LoRA policy for `mobench kl` to read
+            found["trained_policies"] = {"zero": os.environ["MOBENCH_NOISY_ADAPTER"]}
+        return found
 
 
 @hookimpl
@@ -156,6 +159,33 @@ def test_gen_overrides_change_the_run_id_and_the_decoding_and_dtype_reaches_the_
     full, cut = responses(plain), responses(short)
     assert cut.keys() == full.keys() and all(full[k].startswith(cut[k]) for k in cut)
     assert any(len(full[k]) > len(cut[k]) for k in cut)
+
+
+def test_kl_is_quiet_and_takes_dtype(noisy, tmp_path, smol_tokenizer):
+    """`mobench kl` loads models: the loading bars go to its log file, and --dtype reaches the loaded policy
+    (an untrained LoRA adapter is the reference policy: its KL is exactly 0 at any precision)."""
+    from peft import LoraConfig, get_peft_model
+
+    from mobench.models import micro_causal_lm
+
+    root, env = noisy
+    adapter = tmp_path / "zero-adapter"
+    get_peft_model(micro_causal_lm(smol_tokenizer, seed=0),
+                   LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(adapter)
+    env = {**env, "MOBENCH_NOISY_ADAPTER": str(adapter), "MOBENCH_CACHE": str(tmp_path / "cache")}
+    results = tmp_path / "results"
+    assert mobench("--plugins-dir", str(root / "plugins"), "run", "-m", "micro-greedy", "-t", "noisy", "--device", "cpu",
+                   "--results", str(results), env=env).returncode == 0
+    proc = mobench("--plugins-dir", str(root / "plugins"), "kl", "-t", "noisy", "--results", str(results), "--prompts", "2",
+                   "--device", "cpu", "--dtype", "bfloat16", "--format", "json", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)
+    assert [(r["policy"], r["kl"], r["n"]) for r in rows] == [("zero", 0.0, 2)]
+    assert not any(noise in proc.stderr for noise in NOISE), proc.stderr[-2000:]
+    log = tmp_path / "cache" / "logs" / "kl-noisy-tiny.log"
+    assert "Loading weights" in log.read_text() and f"library output: {log}" in proc.stderr
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "cache" / "policy-kl").glob("*/mobench-artifact.json")]
+    assert [k["precision"] for k in keys] == ["bfloat16"]
 
 
 def test_bad_gen_and_dtype_are_one_line_user_errors(noisy, tmp_path):

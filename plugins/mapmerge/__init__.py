@@ -2,8 +2,9 @@
 
 Both merge the shared per-objective LoRA DPO experts (rewarded-soups' cached ones) as an exact soup
 ``sum_i c_i s_i B_i A_i`` (:mod:`.soup`) and, once per task, compile a map from coefficients to
-per-objective fitness (:mod:`.fitness`: DPO implicit-reward margins on held-out pairs, or scored short
-generations), cached as an artifact; decoding a preference then costs one merge.
+per-objective fitness (:mod:`.fitness`: by default the task's objectives scoring greedy generations for the
+task's validation prompts, never its evaluation prompts; or DPO implicit-reward margins on held-out pairs),
+cached as an artifact; decoding a preference then costs one merge.
 
 ``map``: Li et al., "Model Merging with Amortized Pareto Fronts via Quadratic Approximation"
 (arXiv 2406.07529; code luli-git/MAP). As in the paper: evaluate a few coefficient vectors, fit one
@@ -11,8 +12,8 @@ quadratic per objective (squares, cross terms, linear terms, constant) by least 
 surrogates with NSGA-II (NSGA-III beyond two objectives) for the predicted Pareto front, and answer a
 preference w with the front point maximising sum_i w_i f_i, each f normalised to [0, 1] over the front.
 Coefficients live in a box (``low``, ``high``), not on the simplex, as MAP's code allows (it searches
-[-3, 3]). Departures: the fitness is the DPO margin, not task accuracy, so there is no sigmoid/softplus
-link on the quadratic; the initial design is the vertices, the uniform soup and a Latin hypercube
+[-3, 3]). Departures: the fitness is a z-scored objective mean (or the DPO margin), not a task accuracy,
+so there is no sigmoid/softplus link on the quadratic; the initial design is the vertices, the uniform soup and a Latin hypercube
 (MAP samples at random, and adds Bayesian refinement rounds, which are left out); the predicted front
 is re-evaluated for ``reevaluate`` spread points, recorded beside the prediction (``choose_from``
 switches the query to the evaluated non-dominated set).
@@ -63,11 +64,11 @@ class CompileOptions(Options):
     """What MAP and merge-lite share: the experts, the fitness, the initial design and the surrogate search."""
 
     experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts (rewarded-soups' cached ones)")
-    fitness: Literal["margin", "scored"] = option("margin", "margin: DPO implicit-reward margin on held-out pairs (teacher-forced); scored: short generations scored by the task's objectives")
+    fitness: Literal["margin", "scored"] = option("scored", "scored: greedy generations for validation prompts scored by the task's objectives (z-units); margin: DPO implicit-reward margin on held-out pairs (teacher-forced, cheaper, but on hh it ranks the helpful expert above the harmless one on harmless pairs)")
     fitness_pairs: int = option(8, "held-out pairs per objective (after the experts' n_pairs) for the margin fitness")
     fitness_max_length: int | None = option(None, "tokens of prompt + completion in the margin fitness (None: the experts' max_length)")
-    fitness_prompts: int = option(8, "held-out pair prompts the scored fitness generates for")
-    fitness_tokens: int = option(16, "new tokens per generation of the scored fitness")
+    fitness_prompts: int = option(16, "prompts the scored fitness generates for: the task's validation prompts (disjoint from the evaluation prompts), then held-out pair prompts")
+    fitness_tokens: int | None = option(None, "new tokens per generation of the scored fitness (None: the task's evaluation length, so the fitness scores what the evaluation scores)")
     fitness_batch_size: int = option(8, "sequences per forward pass or generation batch of the fitness")
     samples: int | None = option(None, "Latin-hypercube coefficient samples besides the structured ones (None: the quadratic's parameter count)")
     low: float = option(0.0, "lower bound of every soup coefficient (MAP's code searches [-3, 3])")
@@ -80,7 +81,7 @@ class CompileOptions(Options):
         if not self.low < self.high:
             raise MobenchError(f"coefficient bounds need low < high, got {self.low} and {self.high}")
         for name in ("fitness_pairs", "fitness_prompts", "fitness_tokens", "fitness_batch_size", "population", "generations"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise MobenchError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.reevaluate < 0 or (self.samples is not None and self.samples < 0):
             raise MobenchError("reevaluate and samples must not be negative")
@@ -89,7 +90,7 @@ class CompileOptions(Options):
 
 
 # MAP's own code: population 100, 150 generations; tiny keeps the prepare to a few minutes on a CPU.
-_PAPER = {"fitness_pairs": 64, "fitness_prompts": 32, "fitness_tokens": 64, "population": 100, "generations": 150, "reevaluate": 10}
+_PAPER = {"fitness_pairs": 64, "fitness_prompts": 32, "population": 100, "generations": 150, "reevaluate": 10}
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class CompiledMerge(ExpertsMethod):
         return self.fitness.calls if self.fitness is not None else 0
 
     def _make_fitness(self):
-        from mobench.methods.mapmerge.fitness import MarginFitness, ScoredFitness, held_out_pairs, held_out_prompts
+        from mobench.methods.mapmerge.fitness import MarginFitness, ScoredFitness, fitness_prompts, held_out_pairs
 
         task, context = self.prepared()
         o = self.options
@@ -238,13 +239,13 @@ class CompiledMerge(ExpertsMethod):
             self.fitness = MarginFitness(self.model, self.tokenizer, held_out_pairs(task, o.experts, o.fitness_pairs),
                                          o.experts.beta, o.fitness_max_length or o.experts.max_length, o.fitness_batch_size)
         else:
-            self.fitness = ScoredFitness(self.model, self.tokenizer, task, held_out_prompts(task, o.experts, o.fitness_prompts),
-                                         o.fitness_tokens, o.fitness_batch_size, context.seed)
+            self.fitness = ScoredFitness(self.model, self.tokenizer, task, fitness_prompts(task, o.experts, o.fitness_prompts),
+                                         o.fitness_tokens or task.generation.max_new_tokens, o.fitness_batch_size, context.seed)
         return self.fitness
 
     def library_key(self) -> dict[str, Any]:
         """What determines the library: the experts' keys, the groups, the compile options, the fitness data, the seed."""
-        from mobench.methods.mapmerge.fitness import held_out_pairs, held_out_prompts
+        from mobench.methods.mapmerge.fitness import fitness_prompts, held_out_pairs
         from mobench.training import data_hash, expert_key
 
         task, context = self.prepared()
@@ -252,7 +253,8 @@ class CompiledMerge(ExpertsMethod):
         if o.fitness == "margin":
             data = {k: data_hash(v) for k, v in held_out_pairs(task, o.experts, o.fitness_pairs).items()}
         else:
-            data = {"prompts": held_out_prompts(task, o.experts, o.fitness_prompts),
+            data = {"prompts": fitness_prompts(task, o.experts, o.fitness_prompts),
+                    "max_new_tokens": o.fitness_tokens or task.generation.max_new_tokens,
                     "normalisation": {k: [v.mean, v.std] for k, v in sorted(task.normalisation.items())},
                     "objectives": {ob.name: ob.provenance() for ob in task.objectives}}
         compile_options = {k: v for k, v in o.to_dict().items() if k not in ("experts", *_QUERY_ONLY)}

@@ -97,7 +97,13 @@ class MarginFitness:
 
 class ScoredFitness:
     """Per objective: the z-scored mean (the task's normalisation and direction, as the runner scores a grid
-    point) of short greedy generations for held-out pair prompts, scored by the task's objectives."""
+    point) of greedy generations for the fitness prompts (:func:`fitness_prompts`), scored by the task's objectives.
+
+    The default fitness of ``map`` and ``merge-lite``: it measures what the leaderboard measures, on prompts the
+    evaluation never uses. Measured on hh (tiny experts, 8 held-out pairs each) the cheaper margin fitness did
+    not: it gave the helpful expert a higher harmless margin (0.233) than the harmless expert (0.214), so the
+    compiled front sat at coefficients near (1, 0.5-1) and every preference decoded nearly the same soup.
+    """
 
     def __init__(self, model, tokenizer, task: TaskInstance, prompts: Sequence[str], max_new_tokens: int,
                  batch_size: int, seed: int):
@@ -120,6 +126,23 @@ class ScoredFitness:
             scores = [float(v) for v in objective.score(self.prompts, responses)]
             out.append(self.task.normalisation[objective.name].apply(float(np.mean(scores)), objective.direction))
         return np.array(out)
+
+
+def fitness_prompts(task: TaskInstance, experts: DpoBudget, n: int) -> list[str]:
+    """Up to ``n`` prompts for the scored fitness: the task's validation prompts first (templated like the
+    evaluation prompts and disjoint from them), then prompts of the held-out pairs; never an evaluation prompt."""
+    out = list(dict.fromkeys(task.validation_prompts))[:n]
+    if len(out) < n:
+        evaluation = set(task.prompts)
+        try:
+            extra = held_out_prompts(task, experts, n + len(out))
+        except MobenchError:
+            extra = []
+        out += [p for p in extra if p not in out and p not in evaluation][: n - len(out)]
+    if not out:
+        raise MobenchError("no prompts for the scored fitness: the task has no validation prompts and no pairs beyond "
+                           f"the experts' {experts.n_pairs}")
+    return out
 
 
 def held_out_prompts(task: TaskInstance, experts: DpoBudget, n: int) -> list[str]:

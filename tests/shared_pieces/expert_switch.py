@@ -68,6 +68,7 @@ def load_micro(scale, context):
         name="micro-pairs", scale=scale, policy=policy,
         objectives=[context.objective("brevity", scale), context.objective("sentiment", scale)],
         prompts=chat_prompts(policy, chats), chats=chats, pairs=pairs,
+        validation_prompts=chat_prompts(policy, [[{"role": "user", "content": f"Tell me about item {i}."}] for i in (7, 8)]),
         normalisation={"brevity": Normalisation(4.0, 2.0), "sentiment": Normalisation(0.0, 0.5)},
         reference_point=(-1.0, -1.0), grid_points=3,
         generation={"max_new_tokens": 4, "batch_size": 3},
