@@ -79,7 +79,7 @@ def _dtype_option(f):
     from mobench.models import DTYPES
 
     return click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                        help="Precision of the policies loaded to decode (auto: fp32 on CPU, bf16 on CUDA); training keeps the default.")(f)
+                        help="Precision of the models loaded to train and decode (auto: fp32 on CPU, bf16 on CUDA; trained pieces are cached per precision).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

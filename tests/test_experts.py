@@ -156,6 +156,28 @@ def test_expert_key_tracks_what_determines_it(data_dir, tmp_path, smol_tokenizer
     assert set(base["versions"]) == {"torch", "transformers", "trl", "peft", "datasets"}
 
 
+def test_dtype_reaches_training_and_its_key(cache, tmp_path, data_dir, smol_tokenizer):
+    """--dtype bfloat16: the expert's base loads in bf16, its key says so, and the fp32 expert is another artifact."""
+    import torch
+
+    from mobench.training import dpo, expert_key, load_for_training
+
+    policy = save_micro_policy(smol_tokenizer, tmp_path / "policy")
+    task = micro_task(data_dir, policy)
+    bf16, fp32, auto = (RunContext(seed=0, device="cpu", dtype=d) for d in ("bfloat16", "float32", None))
+    model, _, _, _ = load_for_training(policy, bf16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model, _, _, _ = load_for_training(policy, auto)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the CPU's default
+    keys = {name: expert_key(policy, "harmless", task.pairs["harmless"], micro_budget(), c) for name, c in
+            (("bf16", bf16), ("fp32", fp32), ("auto", auto))}
+    assert keys["bf16"]["precision"] == "bfloat16" and keys["fp32"]["precision"] == keys["auto"]["precision"] == "float32"
+    assert keys["fp32"] == keys["auto"] and keys["bf16"] != keys["fp32"]
+    path = dpo.train_dpo_expert(policy, "harmless", task.pairs["harmless"], micro_budget(), bf16)
+    assert dpo.expert_record(path)["steps"] == 2 and (path / "adapter_model.safetensors").exists()
+    assert dpo.train_dpo_expert(policy, "harmless", task.pairs["harmless"], micro_budget(), fp32) != path
+
+
 def test_missing_pairs_is_a_clear_error(data_dir, tmp_path, smol_tokenizer):
     from mobench.api import MobenchError
     from mobench.training import load_experts, train_dpo_expert

@@ -100,13 +100,14 @@ def key_environment(policy: str, context: RunContext | None) -> dict[str, Any]:
     return {
         "base": policy_fingerprint(policy),
         "seed": context_seed(context),
-        "precision": str(default_dtype(resolve_device(context))).replace("torch.", ""),
+        "precision": str(context_dtype(context) or default_dtype(resolve_device(context))).replace("torch.", ""),
         "versions": library_versions(*TRAINING_LIBRARIES),
     }
 
 
 def load_for_training(policy: str, context: RunContext | None):
-    """``(model, tokenizer, device, seed)``: torch seeded from the run, the policy loaded on the run's device."""
+    """``(model, tokenizer, device, seed)``: torch seeded from the run, the policy loaded on the run's device at
+    the run's ``--dtype`` (the device's default without one; :func:`key_environment` keys the precision)."""
     import torch
 
     from mobench.models import load_causal_lm
@@ -114,7 +115,7 @@ def load_for_training(policy: str, context: RunContext | None):
     device = resolve_device(context)
     seed = context_seed(context)
     torch.manual_seed(seed)
-    model, tok = load_causal_lm(policy, device=device)
+    model, tok = load_causal_lm(policy, device=device, dtype=context_dtype(context))
     return model, tok, device, seed
 
 
@@ -206,8 +207,8 @@ def resolve_device(context: RunContext | None) -> str:
 def context_dtype(context: RunContext | None):
     """The run's ``--dtype`` as a torch dtype, None for the device's default (or without a context).
 
-    Decoding and evaluation loads take it; training (``load_for_training``) does not yet: the trained pieces'
-    cache keys would have to hold it first.
+    Decoding, evaluation and training loads all take it; a trained piece's cache key holds the precision it was
+    trained at (:func:`key_environment`), so a bf16 expert never stands in for an fp32 one.
     """
     return context.torch_dtype() if context is not None and hasattr(context, "torch_dtype") else None
 

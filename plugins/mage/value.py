@@ -98,9 +98,9 @@ def rollouts(policy: str, prompts: Sequence[str], budget: ValueBudget, context: 
     def build(out: Path) -> None:
         from mobench.decoding import DecodeSettings, ModelScorer, decode_tokens
         from mobench.models import load_causal_lm
-        from mobench.training import resolve_device
+        from mobench.training import context_dtype, resolve_device
 
-        model, tok = load_causal_lm(policy, device=resolve_device(context))
+        model, tok = load_causal_lm(policy, device=resolve_device(context), dtype=context_dtype(context))
         settings = DecodeSettings(_length(budget), True, float(budget.temperature), ROLLOUT_BATCH, context_seed(context))
         ids = decode_tokens([ModelScorer(model)], lambda lps, w: lps[0], tok, list(prompts), [[1.0]] * len(prompts),
                             settings, progress=context.progress if context else None, description="MAGE value rollouts")
