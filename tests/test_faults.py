@@ -194,7 +194,8 @@ def test_an_interrupted_run_exits_130_and_says_interrupted(tmp_path, sig):
     res = tmp_path / "res"
     cmd = [sys.executable, "-m", "mobench.cli", "--plugins-dir", TOYDIR, "run", "-m", "letters", "-t", "toy",
            "--grid", "11", "--results", str(res)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "MOBENCH_TOY_SLEEP": "0.3"}, stdout=subprocess.PIPE,
+    # the run holds after its first point until signalled: the signal never races the run's end
+    proc = subprocess.Popen(cmd, env={**os.environ, "MOBENCH_TOY_HOLD_AFTER": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_rows(res, 1, proc)
     proc.send_signal(sig)
