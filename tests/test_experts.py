@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mobench.api import PreferencePair, RunContext, TaskInstance
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 SPLIT = "\n\nAssistant:"
 
@@ -115,7 +116,7 @@ def test_expert_trains_once_and_is_reused(cache, tmp_path, data_dir, smol_tokeni
 
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     progress = Recorder()
-    ctx = RunContext(seed=0, device="cpu", progress=progress)
+    ctx = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE, progress=progress)
     path = dpo.train_dpo_expert(task.policy, "harmless", task.pairs["harmless"], micro_budget(), ctx)
     assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
     record = dpo.expert_record(path)
@@ -132,7 +133,7 @@ def test_expert_trains_once_and_is_reused(cache, tmp_path, data_dir, smol_tokeni
     import trl
 
     monkeypatch.setattr(trl, "DPOTrainer", no_training)
-    again = dpo.load_experts(task.policy, micro_task(data_dir, task.policy).pairs, micro_budget(), RunContext(seed=0, device="cpu"), ["harmless"])
+    again = dpo.load_experts(task.policy, micro_task(data_dir, task.policy).pairs, micro_budget(), RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE), ["harmless"])
     assert again == {"harmless": path}
 
 
@@ -143,7 +144,7 @@ def test_expert_key_tracks_what_determines_it(data_dir, tmp_path, smol_tokenizer
 
     def key(objective="harmless", seed=0, policy=policy, n_pairs=8, **budget):
         task = micro_task(data_dir, policy, n_pairs=n_pairs)
-        return expert_key(policy, objective, task.pairs[objective], micro_budget(n_pairs=n_pairs, **budget), RunContext(seed=seed, device="cpu"))
+        return expert_key(policy, objective, task.pairs[objective], micro_budget(n_pairs=n_pairs, **budget), RunContext(seed=seed, device=TEST_DEVICE, dtype=TEST_DTYPE))
 
     base = key()
     assert base == key()
@@ -184,9 +185,9 @@ def test_missing_pairs_is_a_clear_error(data_dir, tmp_path, smol_tokenizer):
 
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     with pytest.raises(MobenchError, match="no preference pairs for objective 'honest'"):
-        train_dpo_expert(task.policy, "honest", task.pairs.get("honest", []), micro_budget(), RunContext(device="cpu"))
+        train_dpo_expert(task.policy, "honest", task.pairs.get("honest", []), micro_budget(), RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
     with pytest.raises(MobenchError, match=r"no preference pairs for objective 'honest' \(pairs for: harmless, helpful\)"):
-        load_experts(task.policy, task.pairs, micro_budget(), RunContext(device="cpu"), ["honest"])
+        load_experts(task.policy, task.pairs, micro_budget(), RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE), ["honest"])
 
 
 def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol_tokenizer, monkeypatch):
@@ -204,11 +205,11 @@ def test_completion_only_scoring_trains_the_same_expert(tmp_path, data_dir, smol
     budget = micro_budget(steps=2, lr=5e-2)
     original = trl_utils._use_triton
     (tmp_path / "fast").mkdir()
-    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device="cpu"), tmp_path / "fast")
+    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE), tmp_path / "fast")
     assert trl_utils._use_triton is original  # restored after training
     monkeypatch.setattr(dpo, "completion_positions_only", contextlib.nullcontext)
     (tmp_path / "plain").mkdir()
-    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device="cpu"), tmp_path / "plain")
+    dpo._train(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE), tmp_path / "plain")
     fast, plain = (dpo.expert_record(tmp_path / d) for d in ("fast", "plain"))
     assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
     assert len(fast["log"]) == 2 and fast["log"][1]["loss"] != pytest.approx(0.6931, abs=1e-3)
@@ -243,7 +244,7 @@ def test_budget_overrides_make_other_experts(data_dir, tmp_path, smol_tokenizer)
     assert options.replace({}) == options
     fewer = options.replace({"steps": "1"}, parse=True)  # CLI options arrive as text, converted to the field's type
     assert fewer.experts.steps == 1 and options.experts.steps == 2  # the options themselves are untouched
-    ctx = RunContext(seed=0, device="cpu")
+    ctx = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     assert expert_key(task.policy, "harmless", task.pairs["harmless"], fewer.experts, ctx)["hyper"]["steps"] == 1
     assert expert_key(task.policy, "harmless", task.pairs["harmless"], fewer.experts, ctx) != expert_key(
         task.policy, "harmless", task.pairs["harmless"], options.experts, ctx)

@@ -194,8 +194,12 @@ def test_an_interrupted_run_exits_130_and_says_interrupted(tmp_path, sig):
     res = tmp_path / "res"
     cmd = [sys.executable, "-m", "mobench.cli", "--plugins-dir", TOYDIR, "run", "-m", "letters", "-t", "toy",
            "--grid", "11", "--results", str(res)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "MOBENCH_TOY_SLEEP": "0.3"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # The run holds after its first point until signalled: the signal never races the run's end. Its SIGINT is
+    # set back to the default before exec: a test session started in the background of a non-interactive shell
+    # ignores SIGINT, children inherit that, and Python then never installs its KeyboardInterrupt handler.
+    proc = subprocess.Popen(cmd, env={**os.environ, "MOBENCH_TOY_HOLD_AFTER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_rows(res, 1, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import TEST_DEVICE
 
 PROMPTS = ["<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nWhat is two plus two, and why?<|im_end|>\n<|im_start|>assistant\n",
@@ -65,7 +66,7 @@ def test_an_untrained_adapter_is_the_reference_kl_exactly_zero_and_a_trained_one
     model.save_pretrained(policy)
     tok.save_pretrained(policy)
     _, zero = _adapter(model, tmp_path, "zero", random_b=False)  # LoRA's own init: B = 0, the policy is pi_ref
-    result = policy_kl(str(policy), zero, PROMPTS, max_new_tokens=6, device="cpu")
+    result = policy_kl(str(policy), zero, PROMPTS, max_new_tokens=6, device=TEST_DEVICE)
     assert result["n"] == 3 and result["per_prompt"] == [0.0, 0.0, 0.0] and result["kl"] == 0.0
 
     from mobench.models import micro_causal_lm
@@ -75,7 +76,7 @@ def test_an_untrained_adapter_is_the_reference_kl_exactly_zero_and_a_trained_one
     moved.eval()
     many = PROMPTS * 16
     # One-token responses: the exact KL is a sum over the vocabulary, which the Monte Carlo mean must agree with.
-    result = policy_kl(str(policy), folder, many, max_new_tokens=1, device="cpu")
+    result = policy_kl(str(policy), folder, many, max_new_tokens=1, device=TEST_DEVICE)
     exact = []
     with torch.no_grad():
         for prompt in PROMPTS:
@@ -91,7 +92,7 @@ def test_an_untrained_adapter_is_the_reference_kl_exactly_zero_and_a_trained_one
     stored = sorted((tmp_path / "cache" / "policy-kl").glob(f"*/{KL_FILE}"))
     assert len(stored) == 2 and sorted(json.loads(f.read_text())["n"] for f in stored) == [3, 48]
     stamps = [f.stat().st_mtime_ns for f in stored]
-    assert policy_kl(str(policy), folder, many, max_new_tokens=1, device="cpu") == result
+    assert policy_kl(str(policy), folder, many, max_new_tokens=1, device=TEST_DEVICE) == result
     assert sorted((tmp_path / "cache" / "policy-kl").glob(f"*/{KL_FILE}")) == stored
     assert [f.stat().st_mtime_ns for f in stored] == stamps
 

@@ -6,6 +6,7 @@ import pytest
 
 from mobench.api import MobenchError, Preference, RunContext
 from test_experts import micro_budget, micro_task, save_micro_policy
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 
 def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch, data_dir, smol_tokenizer):
@@ -19,7 +20,7 @@ def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch,
     experts = micro_budget(lr=5e-2)
     method = LogitEnsemble(LogitEnsemble.Options(experts=experts))
     assert method.batch_preferences is True
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     grid = [Preference((1.0, 0.0)), Preference((0.5, 0.5)), Preference((0.0, 1.0))]
     out = method.generate(task.prompts, grid)
     assert len(out) == 3 and all(len(r) == len(task.prompts) for r in out)
@@ -41,7 +42,7 @@ def test_corners_decode_as_experts_and_experts_are_shared(tmp_path, monkeypatch,
 
     monkeypatch.setattr(trl, "DPOTrainer", no_training)
     soups = RewardedSoups(RewardedSoups.Options(experts=experts))
-    soups.prepare(task, RunContext(seed=0, device="cpu"))
+    soups.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     assert soups.experts == method.experts
     # greedy Rewarded Soups at a corner is the same expert, so the two methods agree there
     assert soups.generate(task.prompts, [grid[0]]) == [out[0]]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mobench.api import Preference
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 PROMPTS = ["Hello there, how", "A much longer prompt with many words in it, so padding matters"]
 
@@ -266,7 +267,7 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
 
     task = micro_mage_task(smol_tokenizer, data_dir, tmp_path, monkeypatch)
     options = MageOptions.preset("tiny").replace(MICRO_BUDGETS)
-    context = RunContext(seed=0, device="cpu")
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     method = Mage(options)
     method.prepare(task, context)
     prefs = [Preference((1.0, 0.0)), Preference((0.5, 0.5))]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mobench.api import RunContext, TaskInstance
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 
 def _script():
@@ -39,7 +40,7 @@ def test_sweep_decodes_validation_prompts_only_and_picks_the_best_hv(smol_tokeni
     decode = MageDecoder.generate
     monkeypatch.setattr(MageDecoder, "generate", lambda self, prompts, *a, **kw: seen.append(list(prompts)) or decode(self, prompts, *a, **kw))
 
-    context = RunContext(seed=0, device="cpu")
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     method = Mage(options)
     method.name = "mage"
     method.prepare(task, context)

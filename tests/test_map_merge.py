@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import mobench
+from helpers import TEST_DEVICE, TEST_DTYPE, mobench
 from mobench.api import MobenchError, Preference, RunContext
 from test_experts import micro_budget, micro_task, save_micro_policy
 from test_merging import two_adapters
@@ -179,7 +179,7 @@ def test_merge_lite_compiles_a_non_dominated_library_once_and_routes(tmp_path, d
 
     task = _micro(tmp_path, data_dir, smol_tokenizer, monkeypatch)
     options = MergeLite.Options(experts=micro_budget(n_pairs=4, lr=5e-2)).replace({**SMALL, "samples": 2})
-    context = RunContext(seed=0, device="cpu")
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     method = MergeLite(options)
     method.prepare(task, context)
     library = method.library
@@ -242,7 +242,7 @@ def test_map_answers_from_the_predicted_front(tmp_path, data_dir, smol_tokenizer
     task = _micro(tmp_path, data_dir, smol_tokenizer, monkeypatch)
     options = Map.Options(experts=micro_budget(n_pairs=4, lr=5e-2)).replace({**SMALL, "samples": 2})
     method = Map(options)
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     library = method.library
     assert library["groups"] == ["all"] and method.fitness_evaluations == 2 + 1 + 2 + 2
     X, F = method.candidates()
@@ -275,7 +275,7 @@ def test_the_scored_fitness_is_the_runners_z_mean_on_validation_prompts_never_ev
     assert fitness_prompts(task, budget, 1) == validation[:1]
     assert Map.Options().fitness == "scored" and Map.Options().fitness_tokens is None  # the default, at the eval length
     method = Map(Map.Options(experts=budget).replace({"population": 8, "generations": 4, "reevaluate": 1, "samples": 1}))
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     fitness = method._make_fitness()
     assert isinstance(fitness, ScoredFitness) and fitness.prompts == fitness_prompts(task, budget, 16)
     assert fitness.max_new_tokens == task.generation.max_new_tokens
@@ -297,7 +297,7 @@ def test_both_methods_reuse_rewarded_soups_experts_at_the_tiny_scale():
     registry = get_plugin_manager().registry
     resolved = {name: build_options(registry.method(name), "tiny", {}) for name in ("rewarded-soups", "map", "merge-lite")}
     pairs = [PreferencePair(f"q{i}", "good", "bad") for i in range(300)]
-    keys = {name: expert_key("smollm2-135m-instruct", "helpful", pairs, o.experts, RunContext(seed=0, device="cpu"))
+    keys = {name: expert_key("smollm2-135m-instruct", "helpful", pairs, o.experts, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
             for name, o in resolved.items()}
     assert keys["map"] == keys["rewarded-soups"] == keys["merge-lite"]
     assert resolved["map"].experts == resolved["rewarded-soups"].experts == resolved["merge-lite"].experts

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mobench.api import MobenchError
+from helpers import TEST_DEVICE
 
 
 def two_adapters(model):
@@ -103,7 +104,7 @@ def test_one_hot_preference_gives_expert_logits_micro(micro_lm, data_dir):
 def test_one_hot_preference_gives_expert_logits_smollm2(data_dir):
     from mobench.models import SMOLLM2_ALIAS, load_causal_lm
 
-    model, tok = load_causal_lm(SMOLLM2_ALIAS, device="cpu")
+    model, tok = load_causal_lm(SMOLLM2_ALIAS, device=TEST_DEVICE)
     _assert_one_hot_logits(two_adapters(model), tok, real_text(data_dir))
 
 

@@ -13,6 +13,8 @@ from mobench.models import (
     resolve_model,
 )
 
+from helpers import TEST_DEVICE
+
 
 @pytest.mark.slow
 def test_real_smollm2_generates_from_a_real_hh_prompt(data_dir):
@@ -20,7 +22,7 @@ def test_real_smollm2_generates_from_a_real_hh_prompt(data_dir):
 
     from mobench.tasks import data as task_data
 
-    model, tok = load_causal_lm(SMOLLM2_ALIAS, device="cpu")
+    model, tok = load_causal_lm(SMOLLM2_ALIAS, device=TEST_DEVICE)
     assert model.dtype == torch.float32 and sum(p.numel() for p in model.parameters()) > 100_000_000
     dialogue = task_data.hh_eval_dialogues(1, 0, 600, seed=0)[0]
     prompt = tok.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
@@ -72,15 +74,15 @@ def test_gpt2_reward_model_scores_real_text_batch_invariantly(tmp_path, gpt2_tok
     from mobench.tasks import data as task_data
 
     folder = _tiny_reward_model(tmp_path / "rm", gpt2_tokenizer_without_pad, "gpt2")
-    model, tok = load_sequence_classifier(str(folder), device="cpu")
+    model, tok = load_sequence_classifier(str(folder), device=TEST_DEVICE)
     assert tok.pad_token is not None and model.config.pad_token_id == tok.pad_token_id and tok.padding_side == "right"
 
     pairs = task_data.harmless_pairs()[:4]
     prompts = [to_transcript(p.chat) for p in pairs]
     responses = [p.chosen for p in pairs[:2]] + [p.rejected for p in pairs[2:]]
-    scorer = SequenceClassifierScorer(str(folder), hh_transcript, "text_pair", batch_size=4, device="cpu")
+    scorer = SequenceClassifierScorer(str(folder), hh_transcript, "text_pair", batch_size=4, device=TEST_DEVICE)
     batched = scorer(prompts, responses)
-    one_by_one = [SequenceClassifierScorer(str(folder), hh_transcript, "text_pair", batch_size=1, device="cpu")([p], [r])[0]
+    one_by_one = [SequenceClassifierScorer(str(folder), hh_transcript, "text_pair", batch_size=1, device=TEST_DEVICE)([p], [r])[0]
                   for p, r in zip(prompts, responses)]
     # Padding must not change a score: the classifier reads each sequence's own last token.
     assert batched == pytest.approx(one_by_one, abs=1e-4)
@@ -107,18 +109,18 @@ def test_bart_faithfulness_detector_path_reads_the_requested_logit(tmp_path, smo
     pairs = task_data.quality_pairs()[:3]
     prompts = [smol_tokenizer.apply_chat_template(p.chat, tokenize=False, add_generation_prompt=True) for p in pairs]
     summaries = [p.chosen for p in pairs]
-    label0 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 0, device="cpu")(prompts, summaries)
-    label1 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, device="cpu")(prompts, summaries)
+    label0 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 0, device=TEST_DEVICE)(prompts, summaries)
+    label1 = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, device=TEST_DEVICE)(prompts, summaries)
     assert len(label1) == 3 and label0 != label1
-    one = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, batch_size=1, device="cpu")
+    one = SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 1, batch_size=1, device=TEST_DEVICE)
     assert [one([p], [s])[0] for p, s in zip(prompts, summaries)] == pytest.approx(label1, abs=1e-4)
     with pytest.raises(MobenchError, match="has 2 labels"):
-        SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 2, device="cpu")(prompts, summaries)
+        SequenceClassifierScorer(str(folder), task_data.post_from_prompt, "summary_post_pair", 2, device=TEST_DEVICE)(prompts, summaries)
 
 
 def test_missing_reward_model_is_a_clear_error(tmp_path):
     with pytest.raises(MobenchError, match="cannot load reward model"):
-        load_sequence_classifier("nobody-here/no-such-reward-model", device="cpu")
+        load_sequence_classifier("nobody-here/no-such-reward-model", device=TEST_DEVICE)
 
 
 def test_unknown_alias_is_a_clear_error():

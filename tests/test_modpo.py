@@ -10,6 +10,7 @@ import pytest
 
 from mobench.api import MobenchError, Normalisation, PreferencePair
 from mobench.methods.modpo.trainer import choose_k, score_differences, weighted_margins
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 BETA = 0.1
 
@@ -77,7 +78,7 @@ def _trainer(smol_tokenizer, pairs, beta, margins=None, w_k=None, tmp_path=None,
     from mobench.training import DpoBudget, dpo_config, pairs_dataset
 
     budget = DpoBudget(steps=1, batch_size=len(pairs), learning_rate=1e-3, beta=beta, max_length=96)
-    config = dpo_config(budget, str(tmp_path), seed=0, device="cpu", precompute_ref_log_probs=True)
+    config = dpo_config(budget, str(tmp_path), seed=0, device=TEST_DEVICE, precompute_ref_log_probs=True)
     # init_lora_weights=False: B is random, so the policy differs from the reference from the start.
     peft = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     model = micro_causal_lm(smol_tokenizer, seed=0)
@@ -92,7 +93,7 @@ def _losses(trainer):
 
     with torch.no_grad():
         return [
-            float(trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[i]])))
+            float(trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i]]))))
             for i in range(len(trainer.train_dataset))
         ]
 
@@ -164,7 +165,7 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
         return json.loads((tmp_path / "cache" / "modpo-policies" / folder / TRAIN_INFO).read_text())
 
     method = Modpo(options)
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     out = method.generate(task.prompts, [Preference((0.0, 1.0)), Preference((0.25, 0.75))])
     assert len(out) == 2 and all(len(r) == 2 for r in out)
     corner, inner = record(method, "0.000000,1.000000"), record(method, "0.250000,0.750000")
@@ -177,12 +178,12 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
 
     # Implicit margins come from the DPO experts; a second plain run reuses its cached policy.
     implicit = Modpo(options.replace({"margin": "implicit"}))
-    implicit.prepare(task, RunContext(seed=0, device="cpu"))
+    implicit.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     implicit.generate(task.prompts, [Preference((0.25, 0.75))])
     assert implicit.policies["0.250000,0.750000"] != method.policies["0.250000,0.750000"]
     assert any((tmp_path / "cache" / "dpo-experts").iterdir())
     again = Modpo(options)
-    again.prepare(task, RunContext(seed=0, device="cpu"))
+    again.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     again.generate(task.prompts, [Preference((0.0, 1.0))])
     assert again.policies["0.000000,1.000000"] == method.policies["0.000000,1.000000"]
     with pytest.raises(MobenchError):
@@ -217,6 +218,7 @@ def _trl_logps(model, tok, pairs, max_length, tmp_path):
     from mobench.training import DpoBudget, dpo_config, pairs_dataset
 
     budget = DpoBudget(steps=1, batch_size=len(pairs), beta=BETA, max_length=max_length)
+    # on the CPU in float32, like the log-probs it is compared with (on CUDA trl would autocast to bf16)
     config = dpo_config(budget, str(tmp_path), seed=0, device="cpu", precompute_ref_log_probs=True)
     trainer = DPOTrainer(model=model, args=config, train_dataset=pairs_dataset(pairs), processing_class=tok)
     data = trainer.train_dataset

@@ -9,6 +9,7 @@ import pytest
 
 from mobench.api import MobenchError, Normalisation, Preference, PreferencePair, RunContext, TaskInstance
 from mobench.training import scalarised_reward, weighted_rewards
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 
 class Brevity:
@@ -114,7 +115,7 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
     )
     options = Morlhf.Options(train=RlBudget(steps=2, batch_size=4, num_generations=2, max_new_tokens=6, learning_rate=1e-3, lora_r=4, n_prompts=6))
     method = Morlhf(options)
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     out = method.generate(task.prompts, [Preference((1.0, 0.0)), Preference((0.5, 0.5))])
     assert len(out) == 2 and all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in out)
     paths = dict(method.policies)
@@ -134,7 +135,7 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
 
     monkeypatch.setattr(trl, "RLOOTrainer", no_training)
     again = Morlhf(options)
-    again.prepare(task, RunContext(seed=0, device="cpu"))
+    again.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     again.generate(task.prompts, [Preference((1.0, 0.0))])
     assert again.policies["1.000000,0.000000"] == paths["1.000000,0.000000"]
 
@@ -174,7 +175,7 @@ def test_trl_receives_the_weights_and_z_scored_rewards(weights, smol_tokenizer, 
     monkeypatch.setattr(trl.RLOOTrainer, "train", intercepted)
     budget = RlBudget(steps=1, batch_size=4, num_generations=2, max_new_tokens=4, lora_r=4, n_prompts=2, beta_kl=0.07)
     with pytest.raises(_Captured):
-        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, weights, PROMPTS[:2], budget, RunContext(device="cpu"))
+        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, weights, PROMPTS[:2], budget, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
     kept = [w for w in weights if w > 0]
     assert seen["weights"].tolist() == pytest.approx(kept) and seen["beta"] == pytest.approx(0.07)
     # trl's own combination: (rewards_per_func * reward_weights).nansum(dim=1) (RLOOTrainer._generate_and_score_completions)
@@ -227,10 +228,10 @@ def test_rl_samples_as_many_tokens_as_the_evaluation_generates(smol_tokenizer, t
     budget = RlBudget.preset("tiny").replace({"steps": 1, "batch_size": 4, "num_generations": 2, "lora_r": 4, "n_prompts": 2})
     assert budget.max_new_tokens is None
     with pytest.raises(MobenchError, match="at_length"):
-        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], budget, RunContext(device="cpu"))
+        train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], budget, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
     for length in (7, 13):
         resolved = budget.at_length(Generation(max_new_tokens=length))
         assert resolved.max_new_tokens == length and resolved.at_length(Generation(max_new_tokens=99)) is resolved
         with pytest.raises(_Captured):
-            train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], resolved, RunContext(device="cpu"))
+            train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], resolved, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
         assert seen["length"] == length

@@ -11,6 +11,7 @@ from mobench.tasks import data as task_data
 from mobench.tasks.chats import last_user_turn
 from mobench.tasks.chats import parse_prompt as prompt_messages
 from mobench.tasks.objectives import build_objective, head_folder
+from helpers import TEST_DEVICE
 
 
 def _head(name: str) -> dict:
@@ -156,9 +157,9 @@ def test_the_runs_device_and_dtype_reach_the_reward_models_and_old_factories_sti
     from mobench.scorers import ScoredObjective
 
     registry = get_plugin_manager(entry_points=False).registry
-    context = RunContext(device="cpu", dtype="bfloat16", registry=registry)
+    context = RunContext(device=TEST_DEVICE, dtype="bfloat16", registry=registry)
     helpful = context.objective("helpful", "paper")  # the path a task's load takes (the model loads lazily)
-    assert (helpful.fn.device, helpful.fn.dtype) == ("cpu", "bfloat16")
+    assert (helpful.fn.device, helpful.fn.dtype) == (TEST_DEVICE, "bfloat16")
     plain = build_objective("helpful", "paper")
     assert (plain.fn.device, plain.fn.dtype) == (None, None)
     # A third-party factory build(scale), without a context keyword, is called as before; one with it gets the context.

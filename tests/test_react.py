@@ -9,6 +9,7 @@ import torch
 
 from mobench.api import MobenchError, Preference, RunContext
 from test_experts import micro_budget, micro_task, save_micro_policy
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 
 def synthetic(m: int = 3, d: int = 6, n: int = 40, seed: int = 0, shared: bool = False):
@@ -127,7 +128,7 @@ def test_the_experts_are_rewarded_soups_experts(tmp_path, data_dir, smol_tokeniz
 
     policy = save_micro_policy(smol_tokenizer, tmp_path / "policy")
     task = micro_task(data_dir, policy)
-    context = RunContext(seed=0, device="cpu")
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     for scale in ("tiny", "paper"):
         ours, theirs = React.Options.preset(scale).experts, RewardedSoups.Options.preset(scale).experts
         for name in task.objective_names:
@@ -165,7 +166,7 @@ def test_micro_mixed_batches_decode_as_one_preference_at_a_time_and_calibration_
     from mobench.methods.react import React
 
     method = React(micro_options())
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     calibration = method.provenance()["calibration"]
     assert calibration["computed_now"] is True
     for name in ("harmless", "helpful"):
@@ -180,7 +181,7 @@ def test_micro_mixed_batches_decode_as_one_preference_at_a_time_and_calibration_
     assert mixed[0] != mixed[-1]  # the preference changes the text, so the comparison has teeth
 
     again = React(micro_options())
-    again.prepare(task, RunContext(seed=0, device="cpu"))
+    again.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     assert again.provenance()["calibration"]["computed_now"] is False
     assert torch.equal(again.maps.C, method.maps.C) and torch.equal(again.maps.N, method.maps.N)
     assert again.generate(task.prompts, grid[:1]) == mixed[:1]
@@ -188,7 +189,7 @@ def test_micro_mixed_batches_decode_as_one_preference_at_a_time_and_calibration_
     with pytest.raises(MobenchError, match="has 3 weights for 2 experts"):
         method.generate(task.prompts, [Preference((0.2, 0.3, 0.5))])
     with pytest.raises(MobenchError, match="calibration needs 9 more"):
-        React(micro_options(calibration_pairs=9)).prepare(task, RunContext(seed=0, device="cpu"))
+        React(micro_options(calibration_pairs=9)).prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
 
 
 def test_micro_an_expert_equal_to_the_backbone_decodes_the_soup(task, monkeypatch):
@@ -205,7 +206,7 @@ def test_micro_an_expert_equal_to_the_backbone_decodes_the_soup(task, monkeypatc
 
     monkeypatch.setattr(dpo, "load_experts", one_expert_twice)
     method = React(micro_options())
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     eye = torch.eye(64, dtype=torch.float64)
     for p in ([1.0, 0.0], [0.3, 0.7]):
         torch.testing.assert_close(method.maps.mix(p), eye, rtol=0, atol=1e-5)

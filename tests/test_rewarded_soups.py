@@ -7,6 +7,7 @@ import torch
 
 from mobench.api import MobenchError, Preference, RunContext
 from test_experts import micro_budget, micro_task, save_micro_policy
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 
 def test_one_hot_soup_is_the_expert(tmp_path, monkeypatch, data_dir, smol_tokenizer):
@@ -16,7 +17,7 @@ def test_one_hot_soup_is_the_expert(tmp_path, monkeypatch, data_dir, smol_tokeni
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"))
     method = RewardedSoups(RewardedSoups.Options(experts=micro_budget(lr=5e-2)))
-    method.prepare(task, RunContext(seed=0, device="cpu"))
+    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     model, tok = method.model, method.tokenizer
     assert list(method.experts) == ["harmless", "helpful"]
 

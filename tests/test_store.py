@@ -35,7 +35,7 @@ def _check_complete(results, points=11):
 
 
 def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path):
-    env = {**os.environ, "MOBENCH_TOY_SLEEP": "0.3"}
+    env = {**os.environ, "MOBENCH_TOY_HOLD_AFTER": "3"}  # holds after 3 points until killed: no race with its end
     proc = subprocess.Popen(_cmd(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     rows_file = None
@@ -49,7 +49,7 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _rows(rows_file.parent)
-    assert 3 <= len(before) < 11
+    assert len(before) == 3  # exactly the points before the hold
     again = subprocess.run(_cmd(tmp_path), env={**os.environ}, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"{11 - len(before)} grid points computed, {len(before)} already there" in again.stdout

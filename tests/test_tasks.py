@@ -11,6 +11,7 @@ from mobench import calibration
 from mobench.api import MobenchError, RunContext
 from mobench.plugins import get_plugin_manager
 from mobench.tasks import chats, hh
+from helpers import TEST_DEVICE
 
 
 def _spec(task: str):
@@ -79,10 +80,10 @@ def test_two_loads_give_identical_prompts_statistics_and_reference_point(hh_tiny
 def test_calibration_is_reproducible_from_the_reference_policy(hh_tiny):
     mini = dataclasses.replace(hh_tiny, prompts=hh_tiny.prompts[:4], chats=hh_tiny.chats[:4],
                                generation=dataclasses.replace(hh_tiny.generation, max_new_tokens=12, batch_size=4))
-    first, second = calibration.calibrate(mini, device="cpu"), calibration.calibrate(mini, device="cpu")
+    first, second = calibration.calibrate(mini, device=TEST_DEVICE), calibration.calibrate(mini, device=TEST_DEVICE)
     assert first["objectives"] == second["objectives"] and first["prompts_sha256"] == second["prompts_sha256"]
     # The reference policy's responses sit at z = 0 on average; the reference point below every source's 5% quantile.
-    responses = calibration.reference_responses(mini, device="cpu")
+    responses = calibration.reference_responses(mini, device=TEST_DEVICE)
     for o, ref in zip(mini.objectives, first["reference_point"]):
         stat = first["objectives"][o.name]
         z = [o.direction * (s - stat["mean"]) / stat["std"] for s in o.score(mini.prompts, responses)]

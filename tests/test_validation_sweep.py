@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 HERE = Path(__file__).resolve().parent
 MICRO_REACT = ["experts.steps=2", "experts.batch_size=2", "experts.max_length=64", "experts.lora_r=4", "experts.n_pairs=2",
@@ -60,7 +61,7 @@ def test_react_beta_on_validation_prompts_only_hv_recomputed_and_the_argmax_chos
     result = json.loads(out.read_text())
 
     registry = get_plugin_manager(HERE / "shared_pieces").registry
-    context = RunContext(seed=0, device="cpu")
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
     context.registry = registry
     task = sweep.load_task(registry, "micro-pairs", "tiny", context)
     assert len(decoded) == 2 and all(p == task.validation_prompts for p in decoded)  # react batches the grid: one call a setting

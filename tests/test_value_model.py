@@ -9,6 +9,7 @@ import json
 import pytest
 
 from mobench.api import Normalisation, RunContext
+from helpers import TEST_DEVICE, TEST_DTYPE
 
 ROWS = [
     {"prompt": "\n\nHuman: Hi there, how are you?\n\nAssistant:", "response": " Fine."},
@@ -55,7 +56,7 @@ def trained(smol_tokenizer, tmp_path_factory):
         monkeypatch.setattr(value, "rollouts", lambda policy, prompts, budget, context=None: rows)
         budget = value.ValueBudget(steps=STEPS, batch_size=len(TRAIN), learning_rate=3e-2, lora_r=2, n_heldout=N_HELDOUT,
                                    max_new_tokens=16)
-        path = value.train_value_model(str(policy), Brevity(), NORM, [r["prompt"] for r in ROWS], budget, RunContext(device="cpu"))
+        path = value.train_value_model(str(policy), Brevity(), NORM, [r["prompt"] for r in ROWS], budget, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
         return path, json.loads((path / TRAIN_INFO).read_text()), smol_tokenizer, rows, policy
 
 
@@ -104,7 +105,7 @@ def test_the_held_out_fit_is_spearman_of_v_at_every_prefix_against_z(trained):
     from mobench.models import load_causal_lm
 
     path, record, tok, rows, policy = trained
-    base, _ = load_causal_lm(str(policy), device="cpu")
+    base, _ = load_causal_lm(str(policy), device=TEST_DEVICE)
     model = PeftModel.from_pretrained(base, str(path)).eval()
     weight, bias = load_head(path)
     values, zs, finals = [], [], []
@@ -153,7 +154,7 @@ def test_rollouts_keep_the_sampled_eos_and_score_its_text(smol_tokenizer, tmp_pa
     monkeypatch.setattr(decoding, "ModelScorer", StopsSecond)
     budget = value.ValueBudget(max_new_tokens=5, n_heldout=2)
     prompts = ["Hello there", "Tell me"]
-    rows = value.rollouts(str(policy), prompts, budget, RunContext(device="cpu", seed=3))
+    rows = value.rollouts(str(policy), prompts, budget, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE, seed=3))
     for r in rows:
         assert len(r["response_ids"]) == 2 and r["response_ids"][-1] == eos
         assert r["response"] == smol_tokenizer.decode(r["response_ids"][:1], skip_special_tokens=True)

@@ -2,7 +2,9 @@
 
 `letters` answers every prompt with round(unit * w_1) letters 'a' and round(unit * w_2) letters 'b'
 (unit: an option, 10 by default); the toy objectives count them, so every score is known by hand.
-MOBENCH_TOY_SLEEP makes each grid point slow enough to kill a run in the middle. The command
+MOBENCH_TOY_SLEEP makes each grid point slow enough to kill a run in the middle; MOBENCH_TOY_HOLD_AFTER=k makes
+the run stop after its k-th grid point and wait (up to 10 minutes) for a signal, so a test that signals it once
+it sees k rows never races the run's end on a loaded machine. The command
 `toy-hello` exercises the register_commands hook.
 """
 
@@ -60,11 +62,17 @@ class Letters(Method):
         super().prepare(task, context)
         self.draw = random.random()  # the runner seeded `random` from --seed just before prepare
         self.sleep = float(os.environ.get("MOBENCH_TOY_SLEEP", "0"))
+        hold = os.environ.get("MOBENCH_TOY_HOLD_AFTER")
+        self.hold = int(hold) if hold else None
         self.generated = []
 
     def generate(self, prompts, preferences):
         out = []
         for p in preferences:
+            if self.hold is not None and len(self.generated) >= self.hold:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:  # a signal ends this (the test sends one)
+                    time.sleep(0.05)
             time.sleep(self.sleep)
             self.generated.append(p.key)
             unit = self.options.unit
