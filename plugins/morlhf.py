@@ -33,19 +33,19 @@ class Morlhf(PolicyPerPreference):
     batch_preferences = False
 
     def prepare(self, task, context) -> None:
-        from mobench.training import training_prompts
+        from mobench.training import rl_prompts
 
         super().prepare(task, context)
-        train = self.options.train
-        # The task's pair prompts, never its evaluation prompts; chosen now so that a task without any fails here.
-        self.prompts = training_prompts(task, train.n_prompts, context.seed, train.max_prompt_chars)
+        # The task's pair prompts, never its evaluation prompts, no longer than its longest evaluation prompt unless
+        # set; chosen now so that a task with too few fails here, before any training.
+        self.prompts = rl_prompts(task, self.options.train.at_task(task), context.seed)
 
     def train_policy(self, preference: Preference) -> Path:
         from mobench.training import train_rl_policy
 
         task, context = self.prepared()
         return train_rl_policy(task.policy, task.objectives, task.normalisation, preference.weights, self.prompts,
-                               self.options.train.at_length(task.generation), context)
+                               self.options.train.at_task(task), context)
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -235,3 +235,32 @@ def test_rl_samples_as_many_tokens_as_the_evaluation_generates(smol_tokenizer, t
         with pytest.raises(_Captured):
             train_rl_policy(str(policy), [Brevity(), Positivity()], NORM, (0.5, 0.5), PROMPTS[:2], resolved, RunContext(device=TEST_DEVICE, dtype=TEST_DTYPE))
         assert seen["length"] == length
+
+
+@pytest.mark.parametrize("name", ["hh", "summarize"])
+def test_rl_gets_its_n_prompts_no_longer_than_the_longest_evaluation_prompt(data_dir, name):
+    """Both built-in tasks give RL its 64 prompts at the tiny budget; a shortfall is one clear line, never silent.
+
+    A fixed 800-character limit left summarize's RL (MORLHF, MAGE's backbones) 2 of its 1,000 pair prompts.
+    """
+    from mobench.plugins import get_plugin_manager
+    from mobench.training import RlBudget, rl_prompts, training_prompts
+
+    task = get_plugin_manager(entry_points=False).registry.task(name).load("tiny", RunContext(device=TEST_DEVICE))
+    tiny = RlBudget.preset("tiny")
+    assert tiny.max_prompt_chars is None and tiny.max_new_tokens is None
+    budget = tiny.at_task(task)
+    assert budget.max_prompt_chars == max(len(p) for p in task.prompts)
+    assert budget.max_new_tokens == task.generation.max_new_tokens and budget.at_task(task) is budget
+    prompts = rl_prompts(task, budget, 0)
+    assert len(prompts) == len(set(prompts)) == budget.n_prompts == 64
+    assert all(len(p) <= budget.max_prompt_chars for p in prompts) and not set(prompts) & set(task.prompts)
+    assert rl_prompts(task, budget, 0) == prompts and rl_prompts(task, budget, 1) != prompts  # seeded
+    pool = len(training_prompts(task, 10**6, 0, budget.max_prompt_chars))
+    with pytest.raises(MobenchError, match=rf"^RL asks for {pool + 1} training prompts of at most {budget.max_prompt_chars} "
+                                           rf"characters; task '{name}' has {pool}: raise max_prompt_chars or lower n_prompts$"):
+        rl_prompts(task, budget.replace({"n_prompts": pool + 1}), 0)
+    if name == "summarize":  # the old limit
+        assert len(training_prompts(task, 64, 0, 800)) == 2
+    with pytest.raises(MobenchError, match="resolve it with budget.at_task"):
+        rl_prompts(task, tiny, 0)

@@ -21,7 +21,8 @@ DPO experts (one per objective, trl's DPOTrainer, the policy with its adapter di
 
 RL on a weighted sum of z-scored rewards (trl's RLOOTrainer)
     ``train_rl_policy(policy, objectives, normalisation, weights, prompts, budget, context)`` -> folder;
-    ``training_prompts(task, n, seed, max_chars)`` (pair prompts, never evaluation prompts);
+    ``training_prompts(task, n, seed, max_chars)`` (pair prompts, never evaluation prompts; ``rl_prompts`` refuses a
+    shortfall);
     ``weighted_rewards``, ``scalarised_reward``, ``objective_reward``, ``rloo_config``.
 
 Pieces for writing a trainer
@@ -84,6 +85,7 @@ from mobench.training.dpo import (
 from mobench.training.rl import (
     RlBudget,
     objective_reward,
+    rl_prompts,
     rloo_config,
     scalarised_reward,
     train_rl_policy,
@@ -96,7 +98,7 @@ __all__ = [
     "ExpertsMethod", "train_dpo_expert", "load_experts", "load_expert_policy", "expert_key", "expert_pairs", "expert_record",
     "experts_provenance",
     "dpo_config", "dpo_hyper", "DPO_RECIPE", "preference_dataset", "pair_lengths", "expert_trainer",
-    "train_rl_policy", "training_prompts", "weighted_rewards", "scalarised_reward", "objective_reward", "rloo_config",
+    "train_rl_policy", "training_prompts", "rl_prompts", "weighted_rewards", "scalarised_reward", "objective_reward", "rloo_config",
     "lora_config", "lora_key", "policy_fingerprint", "key_environment", "TRAINING_LIBRARIES", "TRAIN_INFO",
     "load_for_training", "train_and_save", "pairs_dataset", "data_hash", "truncate_prompts",
     "completion_positions_only", "checkpointing_kwarg", "silence_console", "quiet_datasets", "progress_callback",

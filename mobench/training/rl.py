@@ -51,7 +51,9 @@ class RlBudget(LoraBudget):
     beta_kl: float = option(0.05, "KL penalty to the reference policy, in the reward")
     temperature: float = option(1.0, "sampling temperature of the rollouts")
     n_prompts: int = option(64, "training prompts (pair prompts of the task, never its evaluation prompts)")
-    max_prompt_chars: int = option(800, "longer (multi-turn) prompts are left out: every step generates from them")
+    max_prompt_chars: int | None = option(
+        None, "longest training prompt in characters (None: the task's longest evaluation prompt, so RL trains on prompts "
+        "like those it is evaluated on; longer ones are left out: every step generates from them)")
     gradient_checkpointing: bool = option(False, "activation checkpointing (saves memory, costs time)")
 
     PRESETS: ClassVar = {
@@ -65,7 +67,9 @@ class RlBudget(LoraBudget):
         super().check()
         if self.num_generations < 2 or self.batch_size % self.num_generations:
             raise MobenchError(f"the rl budget needs num_generations >= 2 dividing batch_size; got {self.num_generations} and {self.batch_size}")
-        self.require_at_least_one("RL", ("steps", "n_prompts", "max_prompt_chars"))
+        self.require_at_least_one("RL", ("steps", "n_prompts"))
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
+            raise MobenchError(f"RL max_prompt_chars must be at least 1 (or None: the longest evaluation prompt), not {self.max_prompt_chars!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise MobenchError(f"RL max_new_tokens must be at least 1 (or None: the evaluation's), not {self.max_new_tokens!r}")
 
@@ -74,6 +78,31 @@ class RlBudget(LoraBudget):
         if self.max_new_tokens is not None:
             return self
         return dataclasses.replace(self, max_new_tokens=int(Generation.of(generation).max_new_tokens))
+
+
+    def at_task(self, task: TaskInstance) -> "RlBudget":
+        """This budget with its task-dependent fields filled in where they are None: ``max_new_tokens`` (the evaluation's
+        length) and ``max_prompt_chars`` (the task's longest evaluation prompt)."""
+        budget = self.at_length(task.generation)
+        if budget.max_prompt_chars is None:
+            budget = dataclasses.replace(budget, max_prompt_chars=max(len(p) for p in task.prompts))
+        return budget
+
+
+def rl_prompts(task: TaskInstance, budget: RlBudget, seed: int) -> list[str]:
+    """The ``n_prompts`` RL prompts of a budget resolved by :meth:`RlBudget.at_task`; one clear line when the task has fewer.
+
+    A silent shortfall is what this guards against: with a fixed 800-character limit, summarize's RL trained on the
+    2 of its 1,000 pair prompts that short (the Reddit posts' median is 1,621 characters).
+    """
+    if budget.max_prompt_chars is None:
+        raise MobenchError("the RL budget's max_prompt_chars is None: resolve it with budget.at_task(task)")
+    prompts = training_prompts(task, budget.n_prompts, seed, budget.max_prompt_chars)
+    if len(prompts) < budget.n_prompts:
+        raise MobenchError(
+            f"RL asks for {budget.n_prompts} training prompts of at most {budget.max_prompt_chars} characters; task "
+            f"{task.name!r} has {len(prompts)}: raise max_prompt_chars or lower n_prompts")
+    return prompts
 
 
 RL_KIND = "morlhf-policies"

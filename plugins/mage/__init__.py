@@ -122,7 +122,8 @@ class Mage(Method):
         """Train or load the backbones, DPO experts and value models the options need; build the decoder."""
         import torch
 
-        from mobench.training import context_dtype, load_experts, load_policy_with_adapters, resolve_device, training_prompts
+        from mobench.training import (context_dtype, load_experts, load_policy_with_adapters, resolve_device, rl_prompts,
+                                      training_prompts)
 
         from .bonesoup import train_backbones
         from .value import fit_record, for_task, load_head, train_value_models
@@ -135,8 +136,8 @@ class Mage(Method):
             raise MobenchError(f"mage k has {len(opts.k)} factors for {len(names)} objectives")
         adapters: dict[str, str] = {}
         if opts.base == "bonesoup":
-            rl = opts.backbones.at_length(task.generation)  # RL samples as long as the evaluation's
-            prompts = training_prompts(task, rl.n_prompts, context.seed, rl.max_prompt_chars)  # morlhf's prompts
+            rl = opts.backbones.at_task(task)  # RL samples as long as the evaluation's, from prompts no longer than its
+            prompts = rl_prompts(task, rl, context.seed)  # morlhf's prompts
             paths = train_backbones(task.policy, task.objectives, task.normalisation, opts.b, prompts, rl, context)
             adapters.update({f"bone{j}": str(p) for j, p in enumerate(paths)})
         if opts.uses_implicit:  # the same cached experts as rewarded-soups at the same DPO budget
