@@ -229,7 +229,7 @@ def test_eos_is_reachable_when_guidance_favours_it(rig):
 MICRO_BUDGETS = {
     "top_k": 4,
     "backbones.steps": 1, "backbones.batch_size": 2, "backbones.num_generations": 2, "backbones.max_new_tokens": 4,
-    "backbones.n_prompts": 4, "backbones.lora_r": 4,
+    "backbones.n_prompts": 4, "backbones.lora_r": 4, "backbones.max_prompt_chars": 800,
     "experts.steps": 1, "experts.batch_size": 2, "experts.n_pairs": 4, "experts.max_length": 64, "experts.lora_r": 4,
     "value.n_rollouts": 4, "value.n_heldout": 2, "value.steps": 2, "value.batch_size": 2, "value.lora_r": 4,
 }

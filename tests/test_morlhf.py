@@ -113,7 +113,8 @@ def test_morlhf_trains_one_cached_policy_per_point_and_generates(smol_tokenizer,
         pairs={"brevity": pairs[3:], "positivity": pairs[3:]},
         generation={"max_new_tokens": 6, "do_sample": False, "batch_size": 3},
     )
-    options = Morlhf.Options(train=RlBudget(steps=2, batch_size=4, num_generations=2, max_new_tokens=6, learning_rate=1e-3, lora_r=4, n_prompts=6))
+    options = Morlhf.Options(train=RlBudget(steps=2, batch_size=4, num_generations=2, max_new_tokens=6, learning_rate=1e-3, lora_r=4, n_prompts=6,
+                                           max_prompt_chars=200))  # the pairs' limit: 3 eval prompts are shorter
     method = Morlhf(options)
     method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     out = method.generate(task.prompts, [Preference((1.0, 0.0)), Preference((0.5, 0.5))])
@@ -196,7 +197,11 @@ def test_budget_options_override_the_tiny_budget_and_unknown_options_fail():
     pairs = [PreferencePair("\n\nHuman: Hi?\n\nAssistant:", " Hello.", " Go away.")]
     task = TaskInstance("t", "tiny", "p", [Brevity()], ["other prompt"], NORM, (-1.0,), pairs={"brevity": pairs})
     tiny = Morlhf.Options.preset("tiny")
-    method = Morlhf(tiny.replace({"steps": "3", "learning_rate": "1e-3"}, parse=True))
+    with pytest.raises(MobenchError, match=r"^task 't' has no preference-pair prompts \(of at most 12 characters\)"):
+        Morlhf(tiny).prepare(task, RunContext())  # the one pair prompt is longer than the one evaluation prompt
+    with pytest.raises(MobenchError, match="^RL asks for 64 training prompts of at most 100 characters; task 't' has 1"):
+        Morlhf(tiny.replace({"max_prompt_chars": "100"}, parse=True)).prepare(task, RunContext())
+    method = Morlhf(tiny.replace({"steps": "3", "learning_rate": "1e-3", "n_prompts": "1", "max_prompt_chars": "100"}, parse=True))
     method.prepare(task, RunContext())
     assert method.options.train.steps == 3 and method.options.train.batch_size == 8
     assert tiny.train.steps == 8  # the preset itself is untouched
