@@ -38,14 +38,15 @@ class Morlhf(PolicyPerPreference):
         super().prepare(task, context)
         # The task's pair prompts, never its evaluation prompts, no longer than its longest evaluation prompt unless
         # set; chosen now so that a task with too few fails here, before any training.
-        self.prompts = rl_prompts(task, self.options.train.at_task(task), context.seed)
+        self.budget = self.options.train.at_task(task)  # resolved once: every grid point trains with it
+        self.prompts = rl_prompts(task, self.budget, context.seed)
 
     def train_policy(self, preference: Preference) -> Path:
         from mobench.training import train_rl_policy
 
         task, context = self.prepared()
         return train_rl_policy(task.policy, task.objectives, task.normalisation, preference.weights, self.prompts,
-                               self.options.train.at_task(task), context)
+                               self.budget, context)
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -79,7 +79,6 @@ class RlBudget(LoraBudget):
             return self
         return dataclasses.replace(self, max_new_tokens=int(Generation.of(generation).max_new_tokens))
 
-
     def at_task(self, task: TaskInstance) -> "RlBudget":
         """This budget with its task-dependent fields filled in where they are None: ``max_new_tokens`` (the evaluation's
         length) and ``max_prompt_chars`` (the task's longest evaluation prompt)."""
