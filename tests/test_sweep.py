@@ -76,10 +76,12 @@ def _builds(kind: str) -> list[str]:
 
 def test_a_sweep_on_the_local_executor_killed_midway_then_rerun_completes_with_every_row_once(tmp_path, cache):
     results = tmp_path / "res"
-    env = {**os.environ, "MOBENCH_TOY_SLEEP": "0.5", "MOBENCH_SWEEP_BUILD_SLEEP": "0.5"}
+    # every job holds after its 2nd grid point until killed: with 2 jobs at a time the store reaches >= 3 rows and
+    # can never reach the last one, so the kill lands mid-sweep whatever the machine's speed
+    env = {**os.environ, "MOBENCH_SWEEP_HOLD_AFTER": "2", "MOBENCH_SWEEP_BUILD_SLEEP": "0.5"}
     first = subprocess.Popen(_sweep_cmd(results, "--jobs", "2", "--shards", "2"), env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # synchronised on the store, not on time: kill once some rows exist and before the last one
+    # synchronised on the store, not on time: kill once some rows exist (the holds keep the last one away)
     while _rows(results) < 3:
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
@@ -88,7 +90,7 @@ def test_a_sweep_on_the_local_executor_killed_midway_then_rerun_completes_with_e
     killed_at = _rows(results)
     assert 3 <= killed_at < 2 * 2 * GRID
 
-    env.pop("MOBENCH_TOY_SLEEP")
+    env.pop("MOBENCH_SWEEP_HOLD_AFTER")
     second = subprocess.run(_sweep_cmd(results, "--jobs", "2", "--shards", "2"), env=env, capture_output=True, text=True,
                             timeout=900)
     assert second.returncode == 0, second.stderr

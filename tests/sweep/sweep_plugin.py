@@ -49,6 +49,21 @@ def builder(key):
     return build
 
 
+_points_done = 0  # grid points this process has started generating
+
+
+def _hold_if_done_enough():
+    """MOBENCH_SWEEP_HOLD_AFTER=k: this process generates k grid points, then blocks until a signal ends it (the
+    kill tests send one), so a test kills a sweep mid-run without a race against its end."""
+    global _points_done
+    hold = os.environ.get("MOBENCH_SWEEP_HOLD_AFTER")
+    if hold and _points_done >= int(hold):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    _points_done += 1
+
+
 def _build(kind, key):
     return get_or_build(kind, key, builder(key))
 
@@ -71,6 +86,7 @@ class LettersShared(Method):
     def generate(self, prompts, preferences):
         out = []
         for p in preferences:
+            _hold_if_done_enough()
             time.sleep(float(os.environ.get("MOBENCH_TOY_SLEEP", "0")))
             out.append([self.letters(p) for _ in prompts])
         return out
