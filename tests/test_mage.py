@@ -278,6 +278,10 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
     # The DPO experts are the shared cached ones (rewarded-soups' keys); value models record real losses.
     experts = load_experts(task.policy, task.pairs, options.experts, context, objectives=task.objective_names)
     assert {f"dpo_{k}": str(v) for k, v in experts.items()}.items() <= adapters.items()
+    # `mobench kl` reads the trained policies from the provenance: the backbones and the experts, not the value models
+    assert method.provenance()["trained_policies"] == {
+        "backbone 0": adapters["bone0"], "backbone 1": adapters["bone1"],
+        "expert brevity": adapters["dpo_brevity"], "expert positivity": adapters["dpo_positivity"]}
     # Value models: rollouts at the task's length (4) on 4 + 2 training prompts, the last 2 held out for the fit.
     value = for_task(options.value, task.generation.max_new_tokens)
     prompts = training_prompts(task, 6, context.seed, value.max_prompt_chars)

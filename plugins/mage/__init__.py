@@ -215,8 +215,12 @@ class Mage(Method):
 
     def provenance(self) -> dict[str, Any]:
         """The options, the formula (this module's docstring), the adapters loaded, the value models' held-out
-        fit (value_fit) and the Bone-Soup k with how it was chosen (bone_soup_k)."""
-        return {**super().provenance(), "formula": __doc__, **self.pieces}
+        fit (value_fit), the Bone-Soup k with how it was chosen (bone_soup_k), and the trained policies among the
+        adapters (the Bone-Soup backbones and the DPO experts, not the value models) for ``mobench kl``."""
+        adapters = self.pieces.get("adapters", {})
+        policies = {(f"backbone {name[4:]}" if name.startswith("bone") else f"expert {name[4:]}"): path
+                    for name, path in adapters.items() if name.startswith(("bone", "dpo_"))}
+        return {**super().provenance(), "formula": __doc__, **self.pieces, "trained_policies": policies}
 
 
 def _plain(policy: str, device: str, dtype=None):
