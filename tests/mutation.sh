@@ -83,6 +83,11 @@ section = re.sub(r"pytest_add_cli_args = \[.*?\]",
 open("pyproject.toml", "w").write(head + sep + section + rest)
 PY
 
+# One intra-op thread: mutmut forks its test children from a process where torch has already started its OpenMP
+# pool, and a forked child that enters a parallel region can spin forever in libgomp; those hangs end at mutmut's
+# CPU limit and were being counted as "timeout" kills (13 of 20 MAGE-combiner mutants in one run, each a plain
+# assertion-level change). With one thread no pool exists to deadlock on; --max-children still uses the cores.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 nice -n 19 mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${names[@]}" || true
 
 # Counts per status for the selected names, then each survivor's diff.

@@ -319,3 +319,21 @@ def test_vocabulary_candidates_refuse_explicit_guidance():
     MageOptions(candidates="vocabulary", guidance="implicit").check_all()
     with pytest.raises(MobenchError, match="top_p"):
         MageOptions(top_p=0.0).check_all()
+
+
+def test_ensemble_scores_keep_the_models_precision_when_the_weights_are_float32(tensors):
+    """Against: mu not cast to the scorers' dtype (a float32 mu promotes the bf16 step to float32). The decoder runs
+    bf16 models on CUDA with float32 preference weights; the scores stay bf16 and equal the bf16 sum."""
+    t = {k: v.to(torch.bfloat16) if k != "mu" else v for k, v in tensors.items()}
+    comb = mage_combiner({"base": 0, "ref": 1, "implicit": [2, 3], "explicit": [4, 5], "ensemble": True},
+                         TOP_K, ALPHA, W_IMP, W_EXP, BETA)
+    got = comb([t["base"], t["ref"], t["imp_a"], t["imp_b"], t["exp_a"], t["exp_b"]], t["mu"])
+    assert got.dtype == torch.bfloat16
+    mu = t["mu"].to(torch.bfloat16)
+    g = torch.zeros_like(t["base"])
+    for i, (imp, exp) in enumerate([("imp_a", "exp_a"), ("imp_b", "exp_b")]):
+        g = g + W_IMP * BETA * mu[:, i : i + 1] * (t[imp] - t["ref"])
+    for i, exp in enumerate(["exp_a", "exp_b"]):
+        g = g + W_EXP * mu[:, i : i + 1] * t[exp]
+    want, _ = _expected(t["base"], g)
+    assert torch.equal(got, want)
