@@ -22,10 +22,15 @@ def merge_lora_adapters(model, adapters: Sequence[str], coefficients: Sequence[f
     adapters, coefficients = list(adapters), [float(c) for c in coefficients]
     if len(adapters) != len(coefficients) or not adapters:
         raise MobenchError(f"need one coefficient per adapter, got {len(coefficients)} for {len(adapters)} adapters")
+    from peft import LoraConfig
+
     for a in adapters:
         if a not in model.peft_config:
             raise MobenchError(f"adapter {a!r} is not loaded (loaded: {', '.join(model.peft_config)})")
-        if getattr(model.peft_config[a], "use_rslora", False) or getattr(model.peft_config[a], "use_dora", False):
+        config = model.peft_config[a]
+        if not isinstance(config, LoraConfig):
+            raise MobenchError(f"adapter {a!r} is not LoRA ({type(config).__name__}); the exact delta merge supports plain LoRA only")
+        if config.use_rslora or config.use_dora:
             # "cat" gives the merged adapter scaling alpha/r = 1; rsLoRA would make it 1/sqrt(r) and DoRA is not a plain delta.
             raise MobenchError(f"adapter {a!r} uses rsLoRA or DoRA; the exact delta merge supports plain LoRA only")
     if name in adapters:

@@ -46,7 +46,7 @@ case "$module" in
     files=(plugins/modpo/trainer.py)
     # the loss's wiring (beta / w_k, the reference shifted by m / beta, the cache) without training; the tests that
     # train micro models through trl (the loss against trl's DPO loss, the plugin end to end) are left out
-    tests=(tests/test_modpo.py -k "hand_worked or choose_k or divides_beta or shifted_by_the_margin or plan_and_margin")
+    tests=(tests/test_modpo.py -k "hand_worked or choose_k or divides_beta or shifted_by_the_margin or plan_and_margin or score_differences")
     names=("plugins.modpo.trainer.x_choose_k*" "plugins.modpo.trainer.x_score_differences*"
            "plugins.modpo.trainer.x_weighted_margins*" "plugins.modpo.trainer.x_modpo_plan*"
            "plugins.modpo.trainer.x__trainer_class*") ;;

@@ -143,6 +143,11 @@ def test_merge_refuses_what_it_cannot_merge_exactly():
             merge_lora_adapters(odd, ["e0", "odd"], [0.5, 0.5])
         with pytest.raises(MobenchError, match="rsLoRA or DoRA"):
             merge_lora_adapters(odd, ["odd", "e1"], [0.5, 0.5])
+    from peft import IA3Config
+
+    model.peft_config["ia3"] = IA3Config(target_modules=["q_proj"])  # only its config is read before the refusal
+    with pytest.raises(MobenchError, match=r"^adapter 'ia3' is not LoRA \(IA3Config\); the exact delta merge supports plain LoRA only$"):
+        merge_lora_adapters(model, ["e0", "ia3"], [0.5, 0.5])
 
 
 def test_merge_takes_integer_coefficients_and_replaces_a_soup_that_is_not_active():
