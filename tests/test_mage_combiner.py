@@ -331,7 +331,7 @@ def test_ensemble_scores_keep_the_models_precision_when_the_weights_are_float32(
     assert got.dtype == torch.bfloat16
     mu = t["mu"].to(torch.bfloat16)
     g = torch.zeros_like(t["base"])
-    for i, (imp, exp) in enumerate([("imp_a", "exp_a"), ("imp_b", "exp_b")]):
+    for i, imp in enumerate(["imp_a", "imp_b"]):
         g = g + W_IMP * BETA * mu[:, i : i + 1] * (t[imp] - t["ref"])
     for i, exp in enumerate(["exp_a", "exp_b"]):
         g = g + W_EXP * mu[:, i : i + 1] * t[exp]

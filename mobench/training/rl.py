@@ -59,7 +59,7 @@ class RlBudget(LoraBudget):
     gradient_checkpointing: bool = option(False, "activation checkpointing (saves memory, costs time)")
 
     PRESETS: ClassVar = {
-        # An hh RLOO policy at 8 steps trains in ~300 s on an idle 2-core CPU (64-token rollouts; summarize ~500 s).
+        # An hh RLOO policy at 8 steps trains in 287-339 s on an idle 2-core CPU (64-token rollouts; summarize: 868-1,014 s at 16 steps).
         "tiny": {},
         "paper": {"steps": 500, "batch_size": 64, "max_new_tokens": 128, "learning_rate": 1.41e-5, "beta_kl": 0.2,
                   "lora_r": 64, "n_prompts": 10000},
