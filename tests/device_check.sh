@@ -7,6 +7,8 @@
 # Usage: LOG=name PYTEST_TIMEOUT=s [SKIP_INSTALL=1] bash tests/device_check.sh [pytest args]
 # The real SmolLM2 weights (94 MB GGUF) cannot travel (64 MiB limit): a same-size sparse stand-in lets the
 # tokenizer's cache key match, and the converted folder travels without its weights; slow tests are deselected.
+# The MiniLM encoder (88 MB) cannot travel either: tests that need it are reported skipped (tests/conftest.py).
+# pytest-xdist and pytest-timeout must be among .whl's wheels (or the image's packages).
 cd "$(dirname "$0")/.." || exit 1
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -20,5 +22,7 @@ fi
 export MOBENCH_DATA_DIR=$PWD/.gpu/data MOBENCH_TEST_DEVICE=cuda HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch,transformers,trl,peft,datasets,mobench;print('torch',torch.__version__,'cuda',torch.cuda.is_available(),'transformers',transformers.__version__,'trl',trl.__version__,'peft',peft.__version__)"
 python3 -m mobench.cli list methods 2>&1 | tail -12
-timeout ${PYTEST_TIMEOUT:-420} python3 -m pytest -q -m "not slow" -p no:cacheprovider --timeout 150 -ra --tb=short --durations=5 ${@:-tests} 2>&1 | tee $OUT/${LOG:-pytest}.log | grep -v "^tests.*PASSED"
+# -v: every result line reaches the log as it happens (a run cut by the timeout still names its failures);
+# WORKERS xdist processes share the GPU (the suite took over 480 s on one H100 process: 2026-11-26).
+timeout ${PYTEST_TIMEOUT:-420} python3 -m pytest -v -n ${WORKERS:-4} -m "not slow" -p no:cacheprovider --timeout 120 -ra --tb=short --durations=5 ${@:-tests} 2>&1 | tee $OUT/${LOG:-pytest}.log | grep -v "PASSED"
 echo "pytest rc=${PIPESTATUS[0]}"
