@@ -56,11 +56,7 @@ def _hold_if_done_enough():
     """MOBENCH_SWEEP_HOLD_AFTER=k: this process generates k grid points, then blocks until a signal ends it (the
     kill tests send one), so a test kills a sweep mid-run without a race against its end."""
     global _points_done
-    hold = os.environ.get("MOBENCH_SWEEP_HOLD_AFTER")
-    if hold and _points_done >= int(hold):
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+    toy.hold_after(_points_done, "MOBENCH_SWEEP_HOLD_AFTER")
     _points_done += 1
 
 

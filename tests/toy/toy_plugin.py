@@ -55,6 +55,16 @@ class LettersOptions(Options):
     PRESETS = {"paper": {"unit": 100}}
 
 
+def hold_after(done: int, variable: str = "MOBENCH_TOY_HOLD_AFTER") -> None:
+    """Once ``done`` grid points reach the count in ``variable``, block until a signal ends the process (10 minutes
+    at most): a kill test that waits for that many rows then never races the run's end on a loaded machine."""
+    hold = os.environ.get(variable)
+    if hold and done >= int(hold):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 class Letters(Method):
     Options = LettersOptions
 
@@ -62,17 +72,12 @@ class Letters(Method):
         super().prepare(task, context)
         self.draw = random.random()  # the runner seeded `random` from --seed just before prepare
         self.sleep = float(os.environ.get("MOBENCH_TOY_SLEEP", "0"))
-        hold = os.environ.get("MOBENCH_TOY_HOLD_AFTER")
-        self.hold = int(hold) if hold else None
         self.generated = []
 
     def generate(self, prompts, preferences):
         out = []
         for p in preferences:
-            if self.hold is not None and len(self.generated) >= self.hold:
-                deadline = time.monotonic() + 600
-                while time.monotonic() < deadline:  # a signal ends this (the test sends one)
-                    time.sleep(0.05)
+            hold_after(len(self.generated))
             time.sleep(self.sleep)
             self.generated.append(p.key)
             unit = self.options.unit
