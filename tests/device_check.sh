@@ -24,5 +24,6 @@ python3 -c "import torch,transformers,trl,peft,datasets,mobench;print('torch',to
 python3 -m mobench.cli list methods 2>&1 | tail -12
 # -v: every result line reaches the log as it happens (a run cut by the timeout still names its failures);
 # WORKERS xdist processes share the GPU (the suite took over 480 s on one H100 process: 2026-11-26).
-timeout ${PYTEST_TIMEOUT:-420} python3 -m pytest -v -n ${WORKERS:-4} -m "not slow" -p no:cacheprovider --timeout 120 -ra --tb=short --durations=5 ${@:-tests} 2>&1 | tee $OUT/${LOG:-pytest}.log | grep -v "PASSED"
+# test_workflow.py is deselected: actionlint (the dev extra) is not among the carried wheels and it has no device path.
+timeout ${PYTEST_TIMEOUT:-420} python3 -m pytest -v -n ${WORKERS:-4} -m "not slow" -p no:cacheprovider --deselect tests/test_workflow.py --timeout 120 -ra --tb=short --durations=5 ${@:-tests} 2>&1 | tee $OUT/${LOG:-pytest}.log | grep -v "PASSED"
 echo "pytest rc=${PIPESTATUS[0]}"

@@ -234,6 +234,7 @@ def test_implicit_margins_match_trls_log_probs(smol_tokenizer, data_dir, tmp_pat
     from mobench.methods.modpo.trainer import completion_logps, implicit_differences
     from mobench.models import micro_causal_lm
     from mobench.training import DpoBudget
+    from mobench.api import RunContext
 
     from mobench.training import truncate_prompts
 
@@ -276,7 +277,8 @@ def test_implicit_margins_match_trls_log_probs(smol_tokenizer, data_dir, tmp_pat
     # implicit_differences over the saved experts (training replaced by the folders above)
     monkeypatch.setattr(training, "load_experts", lambda policy, pairs, budget, context, names: {n: folders[n] for n in names})
     beta = 0.3
-    got = implicit_differences(str(policy), {}, DpoBudget(beta=beta, max_length=max_length), None, ["expert_a", "expert_b"], pairs)
+    cpu = RunContext(seed=0, device="cpu", dtype="float32")  # as trl's log-probs above: CPU fp32 (without a context: cuda)
+    got = implicit_differences(str(policy), {}, DpoBudget(beta=beta, max_length=max_length), cpu, ["expert_a", "expert_b"], pairs)
     for name in folders:
         (ew, el), (rw, rl) = trl[name], trl["ref"]
         want = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(ew, rw, el, rl)]

@@ -213,12 +213,12 @@ def test_micro_an_expert_equal_to_the_backbone_decodes_the_soup(task, monkeypatc
 
     model, tok = method.model, method.tokenizer
     assert model.active_adapter == method.backbone
-    enc = tok(task.prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(task.prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     position = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         soup = torch.log_softmax(model(**enc).logits[:, -1, :], dim=-1)
     hidden = HiddenStateScorer(model, method.backbone)(enc["input_ids"], enc["attention_mask"], position)
-    ours = ReactCombiner(method.maps, model.get_output_embeddings())([hidden], torch.tensor([[0.3, 0.7]] * len(task.prompts)))
+    ours = ReactCombiner(method.maps, model.get_output_embeddings())([hidden], torch.tensor([[0.3, 0.7]] * len(task.prompts), device=model.device))
     torch.testing.assert_close(ours, soup, rtol=0, atol=1e-4)
 
     grid = [Preference((1.0, 0.0)), Preference((0.5, 0.5))]

@@ -22,7 +22,7 @@ def test_one_hot_soup_is_the_expert(tmp_path, monkeypatch, data_dir, smol_tokeni
     assert list(method.experts) == ["harmless", "helpful"]
 
     # logits: the soup at w = e_i is expert i on real text (trained DPO experts, not random adapters)
-    enc = tok(task.prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(task.prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     expert_logits = {}
     for name in method.experts:
         model.set_adapter(name)

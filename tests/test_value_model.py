@@ -111,7 +111,7 @@ def test_the_held_out_fit_is_spearman_of_v_at_every_prefix_against_z(trained):
     values, zs, finals = [], [], []
     for r, z in zip(rows[-N_HELDOUT:], _targets(ROWS[-N_HELDOUT:])):
         p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p + r["response_ids"]])
+        ids = torch.tensor([p + r["response_ids"]], device=model.device)
         with torch.no_grad():
             h = hidden_states(model, ids, torch.ones_like(ids)).last_hidden_state[0]
         v = (h.float() @ weight[0] + bias[0])[len(p) - 1 :].tolist()
