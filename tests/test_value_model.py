@@ -105,7 +105,9 @@ def test_the_held_out_fit_is_spearman_of_v_at_every_prefix_against_z(trained):
     from mobench.models import load_causal_lm
 
     path, record, tok, rows, policy = trained
-    base, _ = load_causal_lm(str(policy), device=TEST_DEVICE)
+    from mobench.models import resolve_dtype
+
+    base, _ = load_causal_lm(str(policy), device=TEST_DEVICE, dtype=resolve_dtype(TEST_DTYPE))  # the fit's precision
     model = PeftModel.from_pretrained(base, str(path)).eval()
     weight, bias = load_head(path)
     values, zs, finals = [], [], []
@@ -114,7 +116,7 @@ def test_the_held_out_fit_is_spearman_of_v_at_every_prefix_against_z(trained):
         ids = torch.tensor([p + r["response_ids"]], device=model.device)
         with torch.no_grad():
             h = hidden_states(model, ids, torch.ones_like(ids)).last_hidden_state[0]
-        v = (h.float() @ weight[0] + bias[0])[len(p) - 1 :].tolist()
+        v = (h.float().cpu() @ weight[0] + bias[0])[len(p) - 1 :].tolist()
         values += v
         zs += [z] * len(v)
         finals.append(v[-1])
