@@ -33,12 +33,13 @@ def settings_grid(alphas: Sequence[float], rules: Sequence[str]) -> list[dict[st
 
 
 def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points: int | None = None,
-          progress=None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict[str, Any]:
+          progress=None, resamples: int = 1000, bootstrap_seed: int = 0, on_row=None) -> dict[str, Any]:
     """Decode ``task.validation_prompts`` at the grid under each setting with a prepared Mage ``method``.
 
     Returns {"rows": [{setting, hv, hv_ci, spearman, spearman_ci, points, corners, seconds, ...}], "default": the
     best row's setting, ...}; the scoring, the paired bootstrap over validation prompts and the choice are
     bench/validation_sweep.py's (the generic sweep, which re-prepares per setting; here only the decoder changes).
+    ``on_row(row)`` is called with each setting's row as soon as it is scored (a long sweep keeps what it did).
     """
     from mobench.grid import simplex_grid
 
@@ -56,6 +57,8 @@ def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points
         summary = summarise(task, preferences, *score_grid(task, prompts, preferences, outputs), draw)
         boots.append(summary.pop("boot_hv"))
         rows.append({"setting": dict(setting), **summary, "seconds": round(time.perf_counter() - start, 2)})
+        if on_row is not None:
+            on_row(rows[-1])
     best = choose(rows)
     add_differences(rows, boots, best)
     return {
@@ -120,7 +123,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         method = build_method(spec, build_options(spec, args.scale, overrides))
         method.prepare(task, context)
         settings = settings_grid([float(a) for a in args.alphas.split(",")], args.rules.split(","))
-        result = sweep(method, task, context, settings, args.grid_points)
+        partial = Path(args.json).with_suffix(".partial.jsonl") if args.json else None
+        if partial is not None:
+            partial.write_text("")
+
+        def on_row(row: dict[str, Any]) -> None:  # every setting's row, as it comes (for a sweep cut short)
+            print(f"{row['setting']}: validation HV {row['hv']:.4f} {row['hv_ci']}, Spearman {row['spearman']:.2f}, "
+                  f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
+            if partial is not None:
+                with partial.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+        result = sweep(method, task, context, settings, args.grid_points, on_row=on_row)
     except MobenchError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
