@@ -40,7 +40,7 @@ GENERIC = "Write a one-sentence TL;DR summary of a Reddit post."
 
 
 def summary_logprobs(model, tok, prompt: str, summaries: list[str], max_prompt_tokens: int) -> list[tuple[float, int]]:
-    """(sum of log p(token), number of tokens) of each summary after the templated ``prompt``, one shared prefill.
+    """(sum of log p(token), number of tokens) of each summary after the templated ``prompt`` (one row a summary).
 
     A prompt longer than ``max_prompt_tokens`` loses the end of its post: its first ``max_prompt_tokens - 16``
     tokens and its last 16 (the instruction and the assistant header) are kept, so every summary is scored as
