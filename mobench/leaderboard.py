@@ -76,6 +76,10 @@ class PointView:
     raw: dict[str, float]
     inside_box: bool  # strictly beats the reference point on every objective: it can add volume
     on_front: bool  # non-dominated among the method's own points
+    # Share of the point's responses that are empty (whitespace only), mean over seeds; None when the store
+    # kept no responses. A scorer may rate an empty reply well (hh's harmless head does): this shows when a
+    # corner's score is bought with silence.
+    empty: float | None = None
 
 
 @dataclass
@@ -165,6 +169,7 @@ class _Run:
     raw: np.ndarray  # (P, m) raw mean per point
     z: np.ndarray  # (P, m) mean z over prompts (the point estimate)
     per_prompt: np.ndarray | None  # (P, N, m) z of every prompt; None when the generations are incomplete
+    empty: np.ndarray | None = None  # (P,) share of empty responses; None without every response stored
     boot_z: np.ndarray | None = None  # (B, P, m)
     boot_hv: np.ndarray | None = None  # (B,)
     boot_spearman: np.ndarray | None = None  # (B,)
@@ -236,24 +241,29 @@ def load_run(run: RunDir, manifest: dict[str, Any]) -> _Run | None:
     weights = np.array([row["weights"] for row in rows], dtype=float)
     raw = np.array([[row["mean"][n] for n in names] for row in rows], dtype=float)
 
-    per_prompt = None
+    per_prompt = empty = None
     n = manifest.get("n_prompts") or rows[0].get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         scores: dict[str, dict[int, list[float]]] = {k: {} for k in keys}
+        responses: dict[str, dict[int, str]] = {k: {} for k in keys}
         for g in run.generations():
             where = scores.get(g.get("preference_key"))
             if where is not None and isinstance(g.get("prompt_index"), int) and isinstance(g.get("scores"), dict):
                 values = [g["scores"].get(name) for name in names]
-                if all(_number(v) for v in values):
-                    where.setdefault(g["prompt_index"], [float(v) for v in values])
+                if all(_number(v) for v in values) and g["prompt_index"] not in where:
+                    where[g["prompt_index"]] = [float(v) for v in values]
+                    if isinstance(g.get("response"), str):
+                        responses[g["preference_key"]][g["prompt_index"]] = g["response"]
         if all(sorted(scores[k]) == list(range(n)) for k in keys):
             values = np.array([[scores[k][j] for j in range(n)] for k in keys], dtype=float)  # (P, N, m)
             per_prompt = directions * (values - means) / stds
+        if all(sorted(responses[k]) == list(range(n)) for k in keys):
+            empty = np.array([np.mean([not responses[k][j].strip() for j in range(n)]) for k in keys], dtype=float)
     if per_prompt is not None:
         z = per_prompt.mean(axis=1)
     else:  # no complete per-prompt scores (an old or damaged run): the rows' own z, no intervals
         z = np.array([[row["normalised"][n] for n in names] for row in rows], dtype=float)
-    return _Run(run=run, manifest=manifest, keys=keys, weights=weights, raw=raw, z=z, per_prompt=per_prompt)
+    return _Run(run=run, manifest=manifest, keys=keys, weights=weights, raw=raw, z=z, per_prompt=per_prompt, empty=empty)
 
 
 def _number(x: Any) -> bool:
@@ -542,6 +552,7 @@ def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: 
         z_boot = aligned[rows, draws].mean(axis=1)  # (B, P, m)
 
     front = pareto_front(z) if len(z) else []
+    empty = np.mean([r.empty[i] for r, i in zip(runs, idx)], axis=0) if all(r.empty is not None for r in runs) else None
     per_point = []
     for p, key in enumerate(keys):
         per_point.append(PointView(
@@ -552,6 +563,7 @@ def _entry(label: str, runs: list[_Run], resamples: int, seed: int, confidence: 
             raw={n: float(raw[p, i]) for i, n in enumerate(names)},
             inside_box=bool(np.all(z[p] > np.asarray(ref))),
             on_front=p in front,
+            empty=None if empty is None else float(empty[p]),
         ))
     ends = {}
     for i, name in enumerate(names):

@@ -21,7 +21,7 @@ from mobench.store import strict as _strict
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 _ONE_METHOD = "only one method has runs on this board: nothing to compare"
-_RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "offline s", "decode s",
+_RIGHT = ("rank", "hypervolume [95% CI]", "spearman [95% CI]", "monotone", "seeds", "offline s", "decode s", "empty replies",
           "HV difference", "95% CI")
 
 
@@ -104,8 +104,8 @@ def _legend(board: Board) -> str:
 
 
 def points_rows(board: Board) -> tuple[list[str], list[list[str]]]:
-    """The per-point view: each method's grid points, their z with CIs, inside the box, on the front."""
-    headers = ["method", "w", *[f"z {n} [95% CI]" for n in board.objectives], "inside box", "on front"]
+    """The per-point view: each method's grid points, their z with CIs, inside the box, on the front, empty replies."""
+    headers = ["method", "w", *[f"z {n} [95% CI]" for n in board.objectives], "inside box", "on front", "empty replies"]
     rows = []
     for e in board.entries:
         for p in e.per_point:
@@ -113,6 +113,7 @@ def points_rows(board: Board) -> tuple[list[str], list[list[str]]]:
                 e.label, ", ".join(f"{w:.2f}" for w in p.weights),
                 *[_with_ci(p.z[n], p.z_ci[n], 2) for n in board.objectives],
                 "yes" if p.inside_box else "no", "yes" if p.on_front else "no",
+                "n/a" if p.empty is None else f"{100 * p.empty:.0f}%",
             ])
     return headers, rows
 
@@ -142,7 +143,8 @@ def to_markdown(board: Board, per_point: bool = True, comparisons: bool = True) 
         lines += ["", f"#### Per grid point ({md_escape(board.task)}, {board.scale})", ""]
         lines += _md_table(*points_rows(board))
         lines += ["", f"inside box = beats the reference point {board.reference_point} on every objective (only "
-                  "such points add hypervolume); on front = not dominated by another point of the same method."]
+                  "such points add hypervolume); on front = not dominated by another point of the same method; empty "
+                  "replies = share of the point's responses that are empty or whitespace (n/a: responses not stored)."]
     return "\n".join(lines) + "\n"
 
 

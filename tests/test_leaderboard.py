@@ -22,8 +22,8 @@ NAMES = ("count-a", "count-b")  # the toy task's objectives, so the CLI accepts 
 
 def write_run(store, method, raw, weights, *, names=NAMES, directions=None, normalisation=None, reference_point=None,
               seed=0, scale="tiny", prompts="p" * 64, stamp="2026-01-01T00:00:00+00:00", status="complete",
-              options=None, generations=True, task="toy", run_id=None, grid=None):
-    """A run whose grid point p has per-prompt raw scores raw[p] (shape N x m); returns its RunDir."""
+              options=None, generations=True, task="toy", run_id=None, grid=None, responses=None):
+    """A run whose grid point p has per-prompt raw scores raw[p] (shape N x m) and, given, responses[p][j]; returns its RunDir."""
     raw = np.asarray(raw, dtype=float)
     names = list(names)
     directions = directions or {n: 1 for n in names}
@@ -49,7 +49,8 @@ def write_run(store, method, raw, weights, *, names=NAMES, directions=None, norm
         row = {"preference_key": key, "weights": list(w), "objectives": names, "mean": means, "stderr": {},
                "normalised": z, "n": n, "wall_seconds": 1.0, "attempt": attempt}
         gens = [{"preference_key": key, "attempt": attempt, "prompt_index": j,
-                 "scores": {name: float(raw[p, j, i]) for i, name in enumerate(names)}} for j in range(n)]
+                 "scores": {name: float(raw[p, j, i]) for i, name in enumerate(names)},
+                 **({} if responses is None else {"response": responses[p][j]})} for j in range(n)]
         if generations:
             # an abandoned attempt's generations (no row) must be ignored
             run.append_point(row, [{**g, "attempt": "dead", "scores": {k: 1e6 for k in names}} for g in gens] + gens)
@@ -486,3 +487,30 @@ def test_randomly_damaged_manifests_and_rows_never_raise_anything_but_a_one_line
                 continue
             json.loads(report.to_json(board))
             report.to_markdown(board)
+
+
+def test_the_per_point_view_counts_empty_replies_exactly_and_averages_them_over_seeds(store):
+    from mobench import report
+
+    rng = np.random.default_rng(21)
+    w = grid2(3)
+    # seed 0: the w = (0, 1) corner answers 3 of 8 prompts with nothing (one of them whitespace), seed 1 with 5
+    said = [["a reply"] * 8 for _ in w]
+    silent0 = [list(x) for x in said]
+    silent0[0][:3] = ["", "  \n", ""]
+    silent1 = [list(x) for x in said]
+    silent1[0][:5] = [""] * 5
+    write_run(store, "m", front_scores(w, 8, rng), w, seed=0, responses=silent0)
+    write_run(store, "m", front_scores(w, 8, rng), w, seed=1, responses=silent1)
+    write_run(store, "old", front_scores(w, 8, rng), w)  # no responses stored
+    board = build(store, "toy", resamples=50)
+    e = {x.method: x for x in board.entries}
+    by_w = {tuple(p.weights): p for p in e["m"].per_point}
+    assert by_w[(0.0, 1.0)].empty == pytest.approx((3 / 8 + 5 / 8) / 2)
+    assert by_w[(0.5, 0.5)].empty == 0.0 and by_w[(1.0, 0.0)].empty == 0.0
+    assert all(p.empty is None for p in e["old"].per_point)
+    md = report.to_markdown(board)
+    assert "empty replies" in md
+    row = next(line for line in md.splitlines() if line.startswith("| m | 0.00, 1.00 |"))
+    assert row.rstrip().endswith("| 50% |")
+    assert next(line for line in md.splitlines() if line.startswith("| old | 0.00, 1.00 |")).rstrip().endswith("| n/a |")
