@@ -73,7 +73,12 @@ class Objective(Protocol):
         ...
 
     def provenance(self) -> dict[str, Any]:
-        """Where the scorer came from (model, data, held-out accuracy), written into every manifest."""
+        """Where the scorer came from (model, data, held-out accuracy), written into every manifest.
+
+        Every field except ``artifact``, ``data`` and the held-out statistics
+        (:data:`mobench.provenance.NOT_SCORING_FIELDS`) is read as part of the scoring rule: a change gives new
+        run ids and a separate leaderboard. Put machine-specific paths under ``artifact`` or ``data``.
+        """
         ...
 
 

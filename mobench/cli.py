@@ -424,6 +424,40 @@ def kl_cmd(ctx, task, results, scale, calibration, resamples, n_prompts, device,
     _console().print(table)
 
 
+@cli.command(name="rescore")
+@click.option("--task", "-t", required=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--scale", default="tiny", show_default=True)
+@click.option("--method", "methods", multiple=True, help="Only this method's runs (repeatable; default: every run of the task).")
+@click.option("--device", default=None, help="cpu, cuda, ... (where a hub reward model scores; default: automatic)")
+@_dtype_option
+@click.pass_context
+def rescore_cmd(ctx, task, results, scale, methods, device, dtype):
+    """Score TASK's stored responses again with its current objectives and calibration (old files kept)."""
+    from mobench.api import SCALES, RunContext
+    from mobench.artifacts import cache_root
+    from mobench.logs import library_output
+    from mobench.rescore import load_calibrated, rescore, summary_line
+    from mobench.store import Store
+
+    if scale not in SCALES:
+        raise MobenchError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    registry = _registry(ctx)
+    registry.task(task)
+    for m in methods:
+        registry.method(m)
+    store = Store(results)
+    store.ensure(create=False)
+    context = RunContext(device=device, registry=registry, dtype=None if dtype == "auto" else dtype)
+    log = cache_root() / "logs" / f"rescore-{task}-{scale}.log"
+    with library_output(log, verbose=_verbose(ctx)):
+        instance = load_calibrated(registry, task, scale, context)
+        done = rescore(store, instance, list(methods) or None, on_event=lambda m: _event(_stderr(), m))
+    click.echo(f"library output: {log}", err=True)
+    for r in done:
+        click.echo(summary_line(r))
+
+
 @cli.command(name="leaderboard")
 @click.option("--task", "-t", required=True)
 @_board_options

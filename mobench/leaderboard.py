@@ -54,6 +54,7 @@ from mobench.metrics import (
     resample_counts,
     spearman_batch,
 )
+from mobench.provenance import scoring_rule_of
 from mobench.store import CorruptLineWarning, RunDir, Store
 
 RESAMPLES = 1000
@@ -183,9 +184,16 @@ class _Run:
         return int(self.manifest.get("seed", self.manifest.get("config", {}).get("seed", 0)))
 
 
+def scoring_rule(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's objectives' scoring rule (:func:`mobench.provenance.scoring_rule`), from its manifest."""
+    return scoring_rule_of(manifest.get("objective_provenance"))
+
+
 def calibration_id(manifest: dict[str, Any]) -> str:
-    """A short digest of what turns a run's raw scores into its points: normalisation, directions, reference point."""
+    """A short digest of what turns a run's responses into its points: the objectives' scoring rule
+    (:func:`scoring_rule`), normalisation, directions, reference point."""
     key = {
+        "scoring": scoring_rule(manifest),
         "objectives": manifest.get("objectives"),
         "directions": manifest.get("directions"),
         "normalisation": manifest.get("normalisation"),

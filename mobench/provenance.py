@@ -59,3 +59,30 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str]:
     """Versions of mobench and the libraries whose behaviour shapes a result."""
     return library_versions(*TRACKED)
+
+
+# An objective's provenance names how a text is scored (scorer, model, features, the empty-reply floor, a
+# third party's own fields) and, beside that, where its files lie and how well it did on held-out data. Runs
+# whose scoring rule differs get different run ids and are not ranked together; these fields are left out of
+# the rule (paths differ between machines, evaluation statistics are reports, not the rule).
+NOT_SCORING_FIELDS = frozenset({"artifact", "data", "heldout_accuracy", "n_train", "n_heldout",
+                                "length_baseline_accuracy", "length_baseline_rule"})
+
+
+def scoring_rule_of(provenance: Any) -> dict[str, Any] | None:
+    """Per objective, its provenance without :data:`NOT_SCORING_FIELDS` (floats to 6 significant digits, so
+    that float noise between machines does not split runs); None when there is no such mapping."""
+    if not isinstance(provenance, dict):
+        return None
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [rounded(v) for v in value]
+        return value
+
+    return {name: rounded({k: v for k, v in prov.items() if k not in NOT_SCORING_FIELDS})
+            for name, prov in sorted(provenance.items()) if isinstance(prov, dict)}

