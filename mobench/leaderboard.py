@@ -185,7 +185,7 @@ class _Run:
 
 
 def scoring_rule(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's objectives' scoring rule (:func:`mobench.provenance.scoring_rule`), from its manifest."""
+    """The run's objectives' scoring rule (:func:`mobench.provenance.scoring_rule_of`), from its manifest."""
     return scoring_rule_of(manifest.get("objective_provenance"))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mobench.api import MobenchError, TaskInstance
-from mobench.store import RunDir, Store, _json_line
+from mobench.store import RunDir, Store, _json_line, write_json_atomic
 
 
 @dataclass
@@ -52,7 +52,6 @@ def rescore_run(run: RunDir, task: TaskInstance, stamp: str) -> Rescored:
     """Re-score ``run`` with ``task``'s objectives and calibration (see the module's docstring)."""
     from mobench.leaderboard import calibration_id, scoring_rule
     from mobench.runner import score_point
-    from mobench.store import write_json_atomic
 
     manifest = run.read_manifest()
     out = Rescored(str(manifest.get("method", run.path.parent.name)), run.run_id)
