@@ -10,7 +10,10 @@ normalised by the task's calibration. Per setting: hypervolume against the task'
 controllability, each objective's z at its own corner, with 95% intervals from a paired bootstrap over the
 validation prompts (one draw of prompt resamples for every setting, drawn and summarised with mobench.metrics'
 own bootstrap pieces, as the leaderboard does), and the HV difference to the chosen setting with its interval.
-The chosen default is the setting of highest validation HV (ties: the first listed). Evaluation prompts are
+The chosen default is the setting of highest validation HV (ties: the first listed), or, with ``--rule
+first-unless-separable`` (for a knob whose settings differ in cost: list the cheaper or incumbent setting
+first), the first listed setting unless another one's HV is separably above it (the paired interval of the
+difference lies above 0), and then the highest of those. Evaluation prompts are
 never decoded; a task without validation prompts, or whose validation prompts overlap its evaluation prompts,
 is refused. Each setting's method is dropped (and CUDA's cache emptied) before the next one is built. Examples:
     python bench/validation_sweep.py --method react --task hh --set beta=0.01,0.1,1 --json react-beta.json
@@ -203,9 +206,35 @@ def corners(names: Sequence[str], points: dict[str, dict[str, float]]) -> dict[s
     return out
 
 
-def choose(rows: Sequence[dict[str, Any]]) -> int:
-    """The index of the row of highest HV; ties go to the first listed."""
-    return max(range(len(rows)), key=lambda i: (rows[i]["hv"], -i))
+RULES = ("highest", "first-unless-separable")
+RULE_TEXT = {
+    "highest": "highest validation HV, ties: first listed",
+    "first-unless-separable": "the first listed unless another's validation HV is separably above it",
+}
+
+
+def choose(rows: Sequence[dict[str, Any]], boots: Sequence | None = None, rule: str = "highest",
+           confidence: float = 0.95) -> int:
+    """The index of the chosen row.
+
+    ``highest``: the row of highest HV; ties go to the first listed. ``first-unless-separable``: row 0 (the
+    cheaper or incumbent setting, listed first) unless some row's HV minus row 0's has its paired-bootstrap
+    interval (``boots``: each row's bootstrap HV replicates on the same prompt resamples) entirely above 0;
+    then the highest-HV row among those. A setting that costs more has to earn its cost on the data.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "highest":
+        return max(range(len(rows)), key=lambda i: (rows[i]["hv"], -i))
+    if boots is None or len(boots) != len(rows):
+        raise ValueError("rule 'first-unless-separable' needs every row's bootstrap HV replicates")
+    from mobench.metrics import percentile_interval
+
+    import numpy as np
+
+    better = [i for i in range(1, len(rows))
+              if percentile_interval(np.asarray(boots[i]) - np.asarray(boots[0]), confidence)[0] > 0]
+    return max(better, key=lambda i: (rows[i]["hv"], -i)) if better else 0
 
 
 def add_differences(rows: list[dict[str, Any]], boots: list, best: int, confidence: float = 0.95) -> None:
@@ -228,11 +257,11 @@ def _free_memory() -> None:
 
 
 def sweep(spec, task, context, settings: Sequence[dict[str, str]], options: Sequence, grid_points: int | None = None,
-          resamples: int = 1000, bootstrap_seed: int = 0, say=None) -> dict[str, Any]:
+          resamples: int = 1000, bootstrap_seed: int = 0, say=None, rule: str = "highest") -> dict[str, Any]:
     """Prepare, decode the validation prompts at the grid, score and summarise ``spec``'s method under each setting.
 
     ``options[i]`` are setting i's checked Options (:func:`build_settings`). Returns the result dict of the module
-    docstring: one row per setting in order, and ``chosen``, the first row of highest HV.
+    docstring: one row per setting in order, and ``chosen``, the row :func:`choose` picks under ``rule``.
     """
     from mobench.artifacts import build_log
     from mobench.grid import simplex_grid
@@ -278,7 +307,7 @@ def sweep(spec, task, context, settings: Sequence[dict[str, str]], options: Sequ
             "responses": {p.key: out for p, out in zip(preferences, outputs)},
         })
         say(f"[{n}/{len(settings)}] {label}: HV {rows[-1]['hv']:.4f}, Spearman {rows[-1]['spearman']:.2f}")
-    best = choose(rows)
+    best = choose(rows, boots, rule)
     add_differences(rows, boots, best)
     return {
         "method": spec.name, "task": task.name, "scale": task.scale, "objectives": task.objective_names,
@@ -287,7 +316,7 @@ def sweep(spec, task, context, settings: Sequence[dict[str, str]], options: Sequ
         "normalisation": {k: {"mean": v.mean, "std": v.std} for k, v in task.normalisation.items()},
         "generation": task.generation.to_dict(), "seed": context.seed,
         "bootstrap": {"resamples": resamples, "seed": bootstrap_seed, "confidence": 0.95, "unit": "validation prompt"},
-        "rows": rows, "chosen": rows[best]["setting"], "chosen_index": best,
+        "rows": rows, "chosen": rows[best]["setting"], "chosen_index": best, "rule": rule,
     }
 
 
@@ -321,7 +350,7 @@ def summary_line(result: dict[str, Any]) -> str:
     """Which setting was chosen, on what."""
     chosen = ", ".join(f"{k}={v}" for k, v in result["chosen"].items())
     return (f"{result['method']} on {result['task']} ({result['scale']}): {result['n_validation_prompts']} validation prompts, "
-            f"grid of {len(result['grid'])}; chosen (highest validation HV, ties: first listed): {chosen}")
+            f"grid of {len(result['grid'])}; chosen ({RULE_TEXT[result.get('rule', 'highest')]}): {chosen}")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -370,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the validation prompts")
+    p.add_argument("--rule", choices=RULES, default="highest",
+                   help="highest: the setting of highest validation HV; first-unless-separable: the first listed "
+                        "setting (list the cheaper one first) unless another's HV is separably above it")
     p.add_argument("--plugins-dir", default=None)
     p.add_argument("--json", default=None, help="also write the full result (rows, responses, command, machine) here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (default: a terminal table)")
@@ -395,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         context.registry = registry
         task = load_task(registry, args.task, args.scale, context)
         started = time.perf_counter()
-        result = sweep(spec, task, context, settings, options, args.grid_points, args.resamples, say=say)
+        result = sweep(spec, task, context, settings, options, args.grid_points, args.resamples, say=say,
+                       rule=args.rule)
     except MobenchError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

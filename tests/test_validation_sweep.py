@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import TEST_DEVICE, TEST_DTYPE
 
@@ -131,3 +132,24 @@ def test_settings_are_the_cartesian_product_last_key_fastest_with_bracketed_list
     assert sweep.settings_product(sets) == [{"a": "1", "b": "[1,2]"}, {"a": "1", "b": "[3, 4]"},
                                             {"a": "2", "b": "[1,2]"}, {"a": "2", "b": "[3, 4]"}]
     assert sweep.choose([{"hv": 0.5}, {"hv": 0.7}, {"hv": 0.7}]) == 1
+
+
+def test_first_unless_separable_keeps_the_first_setting_until_another_is_separably_better():
+    sweep = _script()
+    rng = np.random.default_rng(0)
+    base = rng.normal(10.0, 1.0, 1000)
+    noise = np.linspace(-0.3, 0.9, 1000)  # a difference whose 95% interval holds 0
+    rows = [{"hv": 10.0}, {"hv": 10.3}]
+    boots = [base, base + noise]
+    assert sweep.choose(rows, boots, "highest") == 1
+    assert sweep.choose(rows, boots, "first-unless-separable") == 0
+    # two settings separably above the first (every replicate of the difference > 0): the higher HV of them
+    rows += [{"hv": 10.5}, {"hv": 10.8}]
+    boots += [base + 0.5 + 0.01 * noise, base + 0.8 + 0.01 * noise]
+    assert sweep.choose(rows, boots, "first-unless-separable") == 3
+    # a setting separably BELOW the first does not move the choice
+    assert sweep.choose([{"hv": 10.0}, {"hv": 9.0}], [base, base - 1.0], "first-unless-separable") == 0
+    with pytest.raises(ValueError, match="unknown rule"):
+        sweep.choose(rows, boots, "lowest")
+    with pytest.raises(ValueError, match="bootstrap"):
+        sweep.choose(rows, None, "first-unless-separable")

@@ -53,7 +53,8 @@ class DpoBudget(LoraBudget):
     group_by_length: bool = option(
         True,
         "batches of pairs of similar token length (transformers' LengthGroupedSampler) instead of a random order: "
-        "the same pairs and steps, less padding",
+        "the same pairs and steps, less padding (default: 1.56x cheaper on hh; random order's validation HV is "
+        "not separably higher, README 'Tuning a method's knob')",
     )
 
     PRESETS: ClassVar = {
