@@ -132,7 +132,7 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
     from mobench.api import Preference, RunContext, TaskInstance
     from mobench.methods.modpo import Modpo
     from mobench.models import micro_causal_lm
-    from mobench.training import TRAIN_INFO, DpoBudget
+    from mobench.training import TRAIN_INFO, DpoBudget, train_dpo_expert
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     policy = tmp_path / "policy"
@@ -164,13 +164,22 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
         folder = method.policies[key].split("/")[-1]
         return json.loads((tmp_path / "cache" / "modpo-policies" / folder / TRAIN_INFO).read_text())
 
-    method = Modpo(options)
-    method.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
+    context = RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE)
+    method = Modpo(options.replace({"corners": "train"}))
+    method.prepare(task, context)
     out = method.generate(task.prompts, [Preference((0.0, 1.0)), Preference((0.25, 0.75))])
     assert len(out) == 2 and all(len(r) == 2 for r in out)
     corner, inner = record(method, "0.000000,1.000000"), record(method, "0.250000,0.750000")
     # At the corner e_words: plain DPO on the words pairs, no margin; inside: words pairs, brevity margin.
     assert corner["k"] == "words" and corner["w_k"] == 1.0 and corner["margin_objectives"] == []
+    # By default a corner IS the DPO expert of its objective under the train budget (the shared cached artifact),
+    # and an inner point is the same MODPO policy as with corners=train.
+    shared = Modpo(options)
+    shared.prepare(task, context)
+    corner_out = shared.generate(task.prompts, [Preference((0.0, 1.0)), Preference((0.25, 0.75))])
+    assert shared.policies["0.000000,1.000000"] == str(train_dpo_expert(str(policy), "words", task.pairs["words"], micro, context))
+    assert shared.policies["0.250000,0.750000"] == method.policies["0.250000,0.750000"]
+    assert corner_out[1] == out[1]
     assert inner["k"] == "words" and inner["w_k"] == 0.75 and inner["margin_objectives"] == ["brevity"]
     by_hand = [0.25 * d for d in score_differences(CharLength(), task.normalisation["brevity"], task.pairs["words"])]
     assert inner["margin_mean"] == pytest.approx(sum(by_hand) / len(by_hand))
@@ -182,7 +191,7 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
     implicit.generate(task.prompts, [Preference((0.25, 0.75))])
     assert implicit.policies["0.250000,0.750000"] != method.policies["0.250000,0.750000"]
     assert any((tmp_path / "cache" / "dpo-experts").iterdir())
-    again = Modpo(options)
+    again = Modpo(options.replace({"corners": "train"}))
     again.prepare(task, RunContext(seed=0, device=TEST_DEVICE, dtype=TEST_DTYPE))
     again.generate(task.prompts, [Preference((0.0, 1.0))])
     assert again.policies["0.000000,1.000000"] == method.policies["0.000000,1.000000"]

@@ -6,6 +6,11 @@ w_{-k} . (r_{-k}(x, y_w) - r_{-k}(x, y_l)) from the other objectives, and the lo
 z-normalised) or "implicit" (beta log pi_j/pi_ref of the per-objective DPO experts, shared with Rewarded
 Soups). Two budgets: ``train`` (the MODPO policy, ``-o train.steps=12``) and ``experts`` (the DPO experts
 of implicit margins, ``-o experts.steps=8``); a bare ``steps`` is ambiguous and refused.
+
+At a corner w = e_k MODPO's loss is plain DPO on objective k's pairs (no margin, w_k = 1): with ``corners``
+"expert" (default) that policy is the DPO expert of objective k under the ``train`` budget, the same cached
+artifact the expert-based methods use, instead of a second training of the same estimator (two of the five
+trainings of the tiny grid). "train" trains the corners through the MODPO trainer like every other point.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ class ModpoOptions(Options):
     )
     train: DpoBudget = budget(DpoBudget, "the margin-DPO LoRA policy trained per preference")
     experts: DpoBudget = budget(DpoBudget, "the per-objective LoRA DPO experts that give implicit margins (margin=implicit)")
+    corners: Literal["expert", "train"] = option(
+        "expert",
+        "at w = e_k (plain DPO on objective k's pairs): the DPO expert under the train budget, shared with the "
+        "expert-based methods (expert), or a MODPO-trainer policy (train)",
+    )
 
 
 class Modpo(PolicyPerPreference):
@@ -48,9 +58,14 @@ class Modpo(PolicyPerPreference):
         self.margins = MarginSource(task, context, self.options.margin, self.options.experts)
 
     def train_policy(self, preference: Preference) -> Path:
-        from mobench.methods.modpo.trainer import train_modpo_policy
+        from mobench.methods.modpo.trainer import modpo_plan, train_modpo_policy
+        from mobench.training import train_dpo_expert
 
         task, context = self.prepared()
+        k, others = modpo_plan(task, preference.weights)
+        if self.options.corners == "expert" and not others:
+            name = task.objective_names[k]  # w = e_k: MODPO's loss is DPO on k's pairs, the expert's
+            return train_dpo_expert(task.policy, name, task.pairs[name], self.options.train, context)
         return train_modpo_policy(task, preference.weights, self.margins, self.options.train, context)
 
     def provenance(self) -> dict[str, Any]:
