@@ -112,6 +112,52 @@ def _imported(code: types.CodeType, package: str | None) -> Iterator[Any]:
                 yield attr
 
 
+#: Per project source file, what it held when this process first hashed code: (mtime_ns, size, sha256).
+_SOURCE_STAMPS: dict[str, tuple[int, int, str]] = {}
+
+
+def _file_stamp(path: str) -> tuple[int, int, str]:
+    st = os.stat(path)
+    with open(path, "rb") as fh:
+        return st.st_mtime_ns, st.st_size, hashlib.sha256(fh.read()).hexdigest()
+
+
+def _stamp_loaded_modules() -> None:
+    """Remember the bytes of every project module loaded so far (first sight only)."""
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path not in _SOURCE_STAMPS and _is_project_file(path):
+            try:
+                _SOURCE_STAMPS[path] = _file_stamp(path)
+            except OSError:
+                pass
+
+
+def _check_unchanged(path: str) -> None:
+    """Refuse to hash a source file that changed on disk after this process first saw it.
+
+    ``inspect.getsource`` reads the file as it is now, at the line numbers of the code that was loaded: after an
+    edit it returns other lines (or the new code), so the key would describe neither the running code nor the
+    file, and an artifact built by the old code could be filed under the new code's key.
+    """
+    recorded = _SOURCE_STAMPS.get(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return
+    if recorded is None:
+        _SOURCE_STAMPS[path] = _file_stamp(path)
+        return
+    if (stat.st_mtime_ns, stat.st_size) == recorded[:2]:
+        return
+    current = _file_stamp(path)
+    if current[2] != recorded[2]:
+        raise MobenchError(f"{path} changed on disk while this process was running: an artifact key would hash "
+                           "the new source, not the code that runs; run the command again (finished grid points "
+                           "are kept)")
+    _SOURCE_STAMPS[path] = current  # touched, same bytes
+
+
 def _reached(obj: Any, seen: dict[str, str]) -> None:
     """Add the source of ``obj`` (a project function or class) and of the project objects it references."""
     if isinstance(obj, types.MethodType):
@@ -120,6 +166,10 @@ def _reached(obj: Any, seen: dict[str, str]) -> None:
         return
     if not _project_object(obj):
         return
+    try:
+        _check_unchanged(inspect.getsourcefile(obj))
+    except TypeError:
+        pass
     try:
         source = inspect.getsource(obj)
     except (OSError, TypeError):
@@ -155,8 +205,11 @@ def code_version(*objs: Any) -> str:
 
     Reached: names a function reads from its module's globals, names it imports in its body, the
     functions in its closure, a class's methods; only objects defined in the project's own files (not
-    the standard library or installed distributions, whose versions keys record separately).
+    the standard library or installed distributions, whose versions keys record separately). A project
+    file that changed on disk since this process first saw it (its bytes, not only its time) is a
+    :class:`MobenchError`: the source on disk is then not the code that runs.
     """
+    _stamp_loaded_modules()
     seen: dict[str, str] = {}
     for obj in objs:
         _reached(obj, seen)

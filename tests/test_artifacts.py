@@ -359,3 +359,29 @@ def test_a_rename_that_keeps_failing_is_tried_four_times_then_reported(cache, mo
         get_or_build("flaky", {"n": 2}, build)
     assert failures["calls"] == 4 and not artifact_path("flaky", {"n": 2}, build).exists()
     assert sorted(p.name for p in (cache / "flaky").iterdir() if p.is_dir()) == [final.name]  # no temporary left
+
+
+def test_a_source_file_edited_while_the_process_runs_is_refused_not_hashed(tmp_path):
+    """Editing a project file mid-run made getsource read shifted lines (a key matching no code); now it is an error."""
+    import importlib.util
+    import os
+
+    from mobench.api import MobenchError
+
+    path = tmp_path / "mobench_edit_probe.py"
+    original = "def helper(x):\n    return x + 1\n\n\ndef fit(x):\n    return helper(x) * 2\n"
+    path.write_text(original)
+    spec = importlib.util.spec_from_file_location("mobench_edit_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = code_version(module.fit)
+    assert code_version(module.fit) == before
+    # a line added above the functions: the loaded code is unchanged, the file is not
+    path.write_text("# a comment\n" + original)
+    os.utime(path, ns=(1, 10**18))
+    with pytest.raises(MobenchError, match="changed on disk while this process was running"):
+        code_version(module.fit)
+    # the same bytes again with a new time (a touch, a checkout of the same content): hashed as before
+    path.write_text(original)
+    os.utime(path, ns=(1, 2 * 10**18))
+    assert code_version(module.fit) == before
