@@ -10,7 +10,7 @@ as mobench cuts them) it counts, over the budget's optimiser steps:
 
 in three orders: ``random``, the order trl trained in before (accelerate's ``SeedableRandomSampler`` seeded
 with the run's seed, epoch by epoch, exactly as the Trainer builds it); ``grouped``, transformers'
-``LengthGroupedSampler`` over the same widths (``DpoBudget.group_by_length``, the default now; in training its
+``LengthGroupedSampler`` over the same widths (``DpoBudget.group_by_length``, an option since 2026-11-27, off by default; in training its
 generator is torch's global one seeded by the trainer, here one seeded per seed: the same distribution);
 ``sorted``, all pairs sorted by width, the floor for this batch size (context only). ``random`` and
 ``grouped`` are given for ``--seed`` and as the mean, min and max over ``--seeds`` seeds from it.

@@ -105,12 +105,13 @@ def test_grouped_order_is_fixed_by_the_seed(smol_tokenizer, cut_pairs, built, tm
 def test_expert_keys_hold_the_option(data_dir, tmp_path, smol_tokenizer):
     from mobench.training import DPO_RECIPE, DpoBudget, expert_key
 
-    assert DpoBudget.preset("tiny").group_by_length and DpoBudget.preset("paper").group_by_length
+    # random order is the default (chosen on summarize's validation prompts); grouping is an option
+    assert not DpoBudget.preset("tiny").group_by_length and not DpoBudget.preset("paper").group_by_length
     policy = save_micro_policy(smol_tokenizer, tmp_path / "policy")
     pairs = micro_task(data_dir, policy).pairs["helpful"]
     ctx = RunContext(seed=0, device="cpu")
-    on = expert_key(policy, "helpful", pairs, micro_budget(), ctx)
-    off = expert_key(policy, "helpful", pairs, micro_budget().replace({"group_by_length": False}), ctx)
+    on = expert_key(policy, "helpful", pairs, micro_budget().replace({"group_by_length": True}), ctx)
+    off = expert_key(policy, "helpful", pairs, micro_budget(), ctx)
     assert on["hyper"]["group_by_length"] is True and off["hyper"]["group_by_length"] is False
     assert {k: v for k, v in on["hyper"].items() if k != "group_by_length"} == {k: v for k, v in off["hyper"].items() if k != "group_by_length"}
     assert on["recipe"] == off["recipe"] == DPO_RECIPE == 3
@@ -133,7 +134,7 @@ def test_a_micro_expert_trains_end_to_end_on_grouped_batches(tmp_path, data_dir,
 
     monkeypatch.setattr(hf_trainer, "LengthGroupedSampler", Recording)
     task = micro_task(data_dir, save_micro_policy(smol_tokenizer, tmp_path / "policy"), n_pairs=16)
-    budget = micro_budget(n_pairs=16, steps=4, batch_size=4)
+    budget = micro_budget(n_pairs=16, steps=4, batch_size=4).replace({"group_by_length": True})
     assert budget.group_by_length
     path = dpo.train_dpo_expert(task.policy, "helpful", task.pairs["helpful"], budget, RunContext(seed=0, device="cpu"))
     record = dpo.expert_record(path)
@@ -161,7 +162,7 @@ def test_modpo_trains_on_grouped_batches_with_its_pairs_sorted_for_the_reference
     pairs = real_pairs(data_dir, 12)["helpful"]
     task = TaskInstance(name="micro", scale="tiny", policy=policy, objectives=[CharLength()], prompts=["x"],
                         normalisation={"brevity": Normalisation(200.0, 100.0)}, reference_point=(-3.0,), pairs={"brevity": pairs})
-    budget = DpoBudget(steps=3, batch_size=4, max_length=MAX_LENGTH, lora_r=4, n_pairs=12)
+    budget = DpoBudget(steps=3, batch_size=4, max_length=MAX_LENGTH, lora_r=4, n_pairs=12, group_by_length=True)
     context = RunContext(seed=0, device="cpu")
     _train(task, (1.0,), MarginSource(task, context, "scores", budget), budget, context, tmp_path / "out")
     (trainer,) = built
