@@ -89,10 +89,10 @@ def method_command(args, method: str, results: Path) -> list[str]:
 
 def run_method(args, method: str, results: Path) -> dict:
     """Run one method into ``results``; its decoding seconds, texts, prepare seconds and builds (or its error)."""
-    from mobench.store import Store
+    from mobench.store import MARKER, Store
 
     cmd = method_command(args, method, results)
-    if results.is_dir() and any(r.read_manifest().get("method") == method for r in Store(results).runs(args.task)):
+    if (results / MARKER).exists() and any(r.read_manifest().get("method") == method for r in Store(results).runs(args.task)):
         return {"command": shlex.join(cmd), "error": f"{results} already holds a run of {method} on {args.task}: "
                                                      "its rows would be old ones; give an empty --results"}
     started = time.perf_counter()

@@ -29,6 +29,7 @@ def test_bench_reports_each_methods_tokens_per_second_against_plain_generate(smo
     micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
     smol_tokenizer.save_pretrained(policy)
     results = tmp_path / "res"
+    results.mkdir()  # an empty folder that is not a store yet (as the default temporary one): the first run makes it one
     args = ["--plugins-dir", str(ROOT / "tests" / "shared_pieces"), "--task", "micro-pairs", "--methods",
             "rewarded-soups,logit-ensemble", "--prompts", "2", "--points", "2", "--device", "cpu", "--results", str(results)]
     for item in MICRO_EXPERTS:
