@@ -35,7 +35,12 @@ def _rho(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def values_at_positions(model, tokenizer, head, rows: Sequence[dict[str, Any]], device, batch: int = 8) -> list[list[float]]:
-    """V at every regressed position of each rollout: the prompt's last token, then each response token (EOS kept)."""
+    """V at every regressed position of each rollout: the prompt's last token, then each response token (EOS kept).
+
+    The positions and the forward are value.heldout_fit's; that function returns only the two aggregate Spearmans
+    (no per-rollout values to resample), and changing it would change every cached value model's key (a build's
+    code is hashed), so the per-rollout values are read here.
+    """
     import torch
 
     from mobench.methods.mage.value import hidden_states
