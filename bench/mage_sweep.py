@@ -8,6 +8,9 @@ point (mobench.metrics, as the leaderboard does) and the grid's Spearman control
 setting of highest HV (ties: the first listed). Evaluation prompts are never decoded. Examples:
     python bench/mage_sweep.py --task hh                       # alpha in {0.25, 0.5, 1, 2} x {top-k, top-p}
     python bench/mage_sweep.py --task summarize --method mage-implicit --rules top-k,vocabulary --json out.json
+    python bench/mage_sweep.py --task hh --alphas 1 --rules top-k --ks "rule;1,1"  # the Bone-Soup k: searched vs none
+A setting's ``k`` (``--ks``: ``rule`` = the prepared k, the search's choice or the option's; or explicit factors)
+sets only the decoder's Bone-Soup rescaling, so k values compare paired on the same pieces and prompts.
 """
 
 from __future__ import annotations
@@ -27,9 +30,33 @@ ALPHAS = (0.25, 0.5, 1.0, 2.0)
 RULES = ("top-k", "top-p")
 
 
-def settings_grid(alphas: Sequence[float], rules: Sequence[str]) -> list[dict[str, Any]]:
-    """The settings swept: every (alpha, candidate rule), alpha varying fastest."""
-    return [{"alpha": float(a), "candidates": r} for r in rules for a in alphas]
+def settings_grid(alphas: Sequence[float], rules: Sequence[str], ks: Sequence[Sequence[float] | None] | None = None
+                  ) -> list[dict[str, Any]]:
+    """The settings swept: every (alpha, candidate rule), alpha varying fastest; with ``ks``, each of those per k
+    (None: the prepared k), k varying slowest."""
+    if ks is None:
+        return [{"alpha": float(a), "candidates": r} for r in rules for a in alphas]
+    return [{"alpha": float(a), "candidates": r, "k": None if k is None else [float(x) for x in k]}
+            for k in ks for r in rules for a in alphas]
+
+
+def parse_ks(text: str) -> list[list[float] | None]:
+    """``--ks``: ';'-separated k settings, each ``rule`` (the prepared k) or comma-separated positive factors."""
+    from mobench.api import MobenchError
+
+    out: list[list[float] | None] = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        if part == "rule":
+            out.append(None)
+            continue
+        try:
+            k = [float(x) for x in part.split(",") if x.strip()]
+        except ValueError:
+            raise MobenchError(f"--ks takes 'rule' or factors like 1,1 separated by ';', got {part!r}") from None
+        if not k or any(not x > 0 for x in k):
+            raise MobenchError(f"--ks factors must be positive, got {part!r}")
+        out.append(k)
+    return out
 
 
 def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points: int | None = None,
@@ -45,14 +72,22 @@ def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points
 
     prompts = validation_prompts(task)
     preferences = simplex_grid(len(task.objective_names), grid_points or task.grid_points)
-    chosen = [method.options.replace(dict(setting)) for setting in settings]
+    chosen = [method.options.replace({key: v for key, v in setting.items() if key != "k"}) for setting in settings]
     for options in chosen:  # every setting checked before the first one decodes
         options.check_all()
+    for setting in settings:
+        k = setting.get("k")
+        if k is not None and (len(k) != len(task.objective_names) or any(not float(x) > 0 for x in k)):
+            from mobench.api import MobenchError
+
+            raise MobenchError(f"k {list(k)}: {len(task.objective_names)} positive factors needed, one per objective")
     draw = draw_resamples(len(prompts), resamples, bootstrap_seed)
     rows, boots = [], []
     for setting, options in zip(settings, chosen):
         start = time.perf_counter()
         decoder = method.decoder_for(options)
+        if setting.get("k") is not None:  # the Bone-Soup rescaling alone: the base's per-row merge reads decoder.k
+            decoder.k = tuple(float(x) for x in setting["k"])
         outputs = decoder.generate(prompts, preferences, task.generation, context.seed, progress)
         summary = summarise(task, preferences, *score_grid(task, prompts, preferences, outputs), draw)
         boots.append(summary.pop("boot_hv"))
@@ -72,13 +107,20 @@ def sweep(method, task, context, settings: Sequence[dict[str, Any]], grid_points
 def markdown(result: dict[str, Any]) -> str:
     """The sweep as a Markdown table (one row a setting, the chosen default marked) and the default's line."""
     names = result["objectives"]
-    head = ["alpha", "candidates", "HV [95% CI]", "Spearman [95% CI]"] + [f"z {n} at e_{n}" for n in names] + ["HV - default [95% CI]"]
+    with_k = any("k" in row["setting"] for row in result["rows"])
+    prepared = (result.get("bone_soup_k") or {}).get("k")
+    head = ["alpha", "candidates"] + (["Bone-Soup k"] if with_k else []) + ["HV [95% CI]", "Spearman [95% CI]"] + [f"z {n} at e_{n}" for n in names] + ["HV - default [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         s = row["setting"]
         mark = " **(default)**" if s == result["default"] else ""
         zs = [row["corners"][n] for n in names]
-        lines.append(f"| {s['alpha']:g} | {s['candidates']}{mark} | {interval(row['hv'], row['hv_ci'], 4)} | "
+        k_cell = ""
+        if with_k:
+            k = s.get("k")
+            k_cell = (f"rule ({', '.join(f'{x:.3g}' for x in prepared)})" if k is None and prepared else
+                      "rule" if k is None else ", ".join(f"{x:g}" for x in k)) + " | "
+        lines.append(f"| {s['alpha']:g} | {s['candidates']}{mark} | {k_cell}{interval(row['hv'], row['hv_ci'], 4)} | "
                      f"{interval(row['spearman'], row['spearman_ci'], 2)} | "
                      + " | ".join("n/a" if z is None else f"{z:+.3f}" for z in zs)
                      + f" | {interval(row['hv_minus_chosen'], row['hv_minus_chosen_ci'], 4)} |")
@@ -101,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--scale", default="tiny")
     p.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS))
     p.add_argument("--rules", default=",".join(RULES), help="candidate rules: top-k, top-p, vocabulary (implicit only)")
+    p.add_argument("--ks", default=None, help="Bone-Soup k settings, ';'-separated: rule (the prepared k) or factors "
+                   "like 1,1 (default: the prepared k only)")
     p.add_argument("--grid-points", type=int, default=None, help="points per simplex edge (default: the task's)")
     p.add_argument("-o", "--option", action="append", default=[], help="a method option KEY=VALUE (as mobench run -o)")
     p.add_argument("--seed", type=int, default=0)
@@ -122,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         task = attach(task_spec, task_spec.load(args.scale, context))
         method = build_method(spec, build_options(spec, args.scale, overrides))
         method.prepare(task, context)
-        settings = settings_grid([float(a) for a in args.alphas.split(",")], args.rules.split(","))
+        ks = parse_ks(args.ks) if args.ks is not None else None
+        settings = settings_grid([float(a) for a in args.alphas.split(",")], args.rules.split(","), ks)
         partial = Path(args.json).with_suffix(".partial.jsonl") if args.json else None
         if partial is not None:
             partial.write_text("")
