@@ -291,8 +291,15 @@ def test_mage_plugin_end_to_end_on_a_micro_policy(smol_tokenizer, data_dir, tmp_
     assert str(values["brevity"]) == adapters["value_brevity"]  # the very model prepare trained
     fit = method.provenance()["value_fit"]["brevity"]
     assert fit["heldout_fit"] == record["heldout_fit"] and fit["heldout_fit"]["n"] == 2
-    # Bone-Soup k: no validation prompts in this task, so k = 1 and the provenance says why
-    assert method.provenance()["bone_soup_k"] == {"k": [1.0, 1.0], "rule": "the task has no validation prompts: k = 1 (no rescaling)"}
+    # Bone-Soup k: k_rule=none by default, so k = 1 and the provenance says why; the search, without validation
+    # prompts (none in this task), falls back to k = 1 and says so; the option k wins over both rules
+    assert method.provenance()["bone_soup_k"] == {"k": [1.0, 1.0], "rule": "k_rule=none: k = 1 (no rescaling)"}
+    assert method.decoder.k == (1.0, 1.0)
+    search = Mage(options.replace({"k_rule": "search"}))
+    assert search.bone_soup_k(task, context, None, None, []) == {
+        "k": [1.0, 1.0], "rule": "the task has no validation prompts: k = 1 (no rescaling)"}
+    fixed = Mage(options.replace({"k_rule": "search", "k": (1.5, 2.0)}))
+    assert fixed.bone_soup_k(task, context, None, None, []) == {"k": [1.5, 2.0], "rule": "the option k"}
     # The reference-base ablation needs no backbones and decodes the same rows.
     ref = Mage(options.replace({"base": "reference"}))
     ref.prepare(task, context)
@@ -316,7 +323,7 @@ def test_options_keep_the_budgets_mage_trained_with_before():
     assert (tiny.experts.beta, tiny.experts.steps, tiny.experts.lora_r, paper.experts.steps) == (0.1, 32, 16, 1000)
     assert (tiny.backbones.steps, tiny.backbones.num_generations, paper.backbones.steps) == (8, 4, 500)
     assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 1.0, 8, 1.0)
-    assert (tiny.candidates, tiny.top_p, tiny.k_prompts) == ("top-k", 0.9, 8)
+    assert (tiny.candidates, tiny.top_p, tiny.k_prompts, tiny.k_rule) == ("top-k", 0.9, 8, "none")
     assert tiny.w_implicit == pytest.approx(10.0) and tiny.w_explicit == 1.0  # w_imp = 1/beta
     assert MageOptions(guidance="implicit").w_explicit == 0.0 and MageOptions(guidance="explicit").w_implicit == 0.0
 
@@ -338,3 +345,5 @@ def test_ablations_are_registrations_with_fixed_options_and_alpha_is_a_user_opti
         MageOptions().replace({"guidance": "neither"}, parse=True, owner="mage")
     with pytest.raises(MobenchError, match="top_k"):
         MageOptions().replace({"top_k": 0})
+    with pytest.raises(MobenchError, match="k_rule"):
+        MageOptions().replace({"k_rule": "largest"}, parse=True, owner="mage")

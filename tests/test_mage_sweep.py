@@ -33,7 +33,7 @@ def test_sweep_decodes_validation_prompts_only_and_picks_the_best_hv(smol_tokeni
 
     sweep = _script()
     task = micro_mage_task(smol_tokenizer, data_dir, tmp_path, monkeypatch, validation=2, grid_points=3)
-    options = MageOptions.preset("tiny").replace({**MICRO_BUDGETS, "k_prompts": 2})
+    options = MageOptions.preset("tiny").replace({**MICRO_BUDGETS, "k_prompts": 2, "k_rule": "search"})
     seen: list[list[str]] = []
     search = bonesoup.choose_k
     monkeypatch.setattr(bonesoup, "choose_k", lambda model, tok, bones, objs, norm, prompts, *a, **kw:

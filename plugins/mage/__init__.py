@@ -2,8 +2,8 @@
 
 Stage 1, base: m backbones trained by MORLHF (RLOO, LoRA) on the rows of B = b I + (1-b)/(m-1) (J - I);
 row r's base is the exact LoRA merge theta_base(mu) = theta_ref + sum_j c_j delta_j, c = (B^T)^-1 diag(k) mu
-(Bone Soups' rescaling: weight 1 - k_i on the reference; k_i = 1/(1 - a) chosen per objective on the task's
-validation prompts, bonesoup.py).
+(Bone Soups' rescaling: weight 1 - k_i on the reference; by default k = 1, no rescaling; k_rule=search chooses
+k_i = 1/(1 - a) per objective on the task's validation prompts as the reference does, bonesoup.py).
 Stage 2, proxy: per-objective DPO experts pi_i (implicit) and value models V_i = LoRA_i + head_i regressed on
 the z-scores of scored rollouts of the reference policy (explicit), merged by mu in weight space:
 pi_mu = theta_ref + sum_i mu_i delta_dpo_i, V_mu = (theta_ref + sum_i mu_i delta_value_i, sum_i mu_i head_i).
@@ -17,7 +17,7 @@ beta the DPO experts' beta, w_imp = 1/beta by default (the implicit term is then
 (V in z-units), alpha = 1. guidance=implicit sets w_exp = 0, explicit sets w_imp = 0; proxy=ensemble replaces
 the merged proxy by sum_i mu_i [beta (log pi_i - log pi_ref)] and sum_i mu_i V_i(x, y<t v) (one model each);
 base=reference decodes from pi_ref (then log pi_ref is the base itself). Constants are MageOptions' fields
-(``mobench options mage``): b, k, alpha, candidates, top_k, top_p, implicit_weight, explicit_weight, experts.beta.
+(``mobench options mage``): b, k, k_rule, alpha, candidates, top_k, top_p, implicit_weight, explicit_weight, experts.beta.
 
 The package: bonesoup.py (mixing matrix, merge coefficients, backbones), value.py (explicit value models and
 their budget), rowmerge.py (per-row exact LoRA merges), guidance.py (scorers and the combiner for the shared
@@ -50,8 +50,11 @@ class MageOptions(Options):
         "bonesoup", "the policy guided: the Bone-Soup merge of the backbones, or the reference policy")
     b: float = option(0.7, "Bone-Soup mixing: backbone j's reward weights are b on objective j, (1-b)/(m-1) elsewhere")
     k: tuple[float, ...] | None = option(
-        None, "Bone-Soup rescaling k_i per objective, c = (B^T)^-1 diag(k) mu (None: each k_i = 1/(1-a), a in "
-        "0.1..0.5, the best of the base at e_i on the task's validation prompts, as in the reference; 1 without them)")
+        None, "Bone-Soup rescaling k_i per objective, c = (B^T)^-1 diag(k) mu (None: chosen by k_rule)")
+    k_rule: Literal["none", "search"] = option(
+        "none", "k when the option k is unset: none (every k_i = 1, no rescaling; on validation prompts the search "
+        "scored lower on both tasks, separably on summarize: README 'Tuning'), or search (the reference's rule: each "
+        "k_i = 1/(1-a), a in 0.1..0.5, the best mean z_i of the base at e_i on the task's validation prompts)")
     k_prompts: int = option(8, "validation prompts the k search decodes (evenly spaced over the task's validation prompts)")
     alpha: float = option(1.0, "guidance strength: s = log pi_base + alpha g")
     candidates: Literal["top-k", "top-p", "vocabulary"] = option(
@@ -181,7 +184,8 @@ class Mage(Method):
                            values=p["values"], heads=p["heads"], k=p["k"])
 
     def bone_soup_k(self, task: TaskInstance, context: RunContext, model, tokenizer, folders: list[str]) -> dict[str, Any]:
-        """The Bone-Soup rescaling: the option k if set, else the reference's rule on the task's validation prompts.
+        """The Bone-Soup rescaling: the option k if set, else k_rule: all 1 (none) or the reference's search on the
+        task's validation prompts (search).
 
         ``model`` holds the backbones as adapters bone0..bone{m-1} (``folders``: their cached artifacts). The
         choice is cached (kind bonesoup-k), keyed by the backbones, b, the prompts, the objectives and decoding.
@@ -193,6 +197,8 @@ class Mage(Method):
         opts, m = self.options, len(task.objectives)
         if opts.k is not None:
             return {"k": [float(x) for x in opts.k], "rule": "the option k"}
+        if opts.k_rule == "none":
+            return {"k": [1.0] * m, "rule": "k_rule=none: k = 1 (no rescaling)"}
         if not task.validation_prompts:
             return {"k": [1.0] * m, "rule": "the task has no validation prompts: k = 1 (no rescaling)"}
         prompts = spread(task.validation_prompts, opts.k_prompts)

@@ -13,7 +13,10 @@ its delta) the merge is theta_sft + sum_j c_j delta_j with c = (B^T)^-1 diag(k) 
 theta_sft is the part of the delta that is not added. k = 1 is the plain solve; k_i > 1 pushes objective i
 further from the reference. The reference picks k_i from a in {0.1, ..., 0.5} (k in [1.11, 2]) as the one
 whose merge at mu = e_i gets the highest mean reward i on a validation split: :func:`choose_k` does the
-same on the task's validation prompts (never its evaluation prompts).
+same on the task's validation prompts (never its evaluation prompts). It is MAGE's option k_rule=search, not
+its default (k = 1): the rule scores each k at one corner only, so it favours the largest k wherever an objective
+rewards going further, whatever that does to the trade-off; on validation prompts its base's hypervolume was
+lower than k = 1's on both tasks (README, "Tuning").
 """
 
 from __future__ import annotations
