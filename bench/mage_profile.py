@@ -2,8 +2,8 @@
 
 Same setup as bench/mage.py (random LoRA adapters on the given model, preference (0.5, 0.5), EOS suppressed).
 It times, in one process and at one batch size, per decoding step:
-  - ``plain``: one forward of the model with every adapter disabled (the floor for one scorer's forward);
-  - ``lora-1``: the same forward with the base's two backbone LoRAs merged per row (rowmerge.py);
+  - ``plain_forward_ms``: one forward of the model with every adapter off (the floor for one scorer's forward);
+  - ``lora2_forward_ms``: the same forward with the base's two backbone LoRAs merged per row (rowmerge.py);
   - each MAGE scorer's forward inside the guided loop (merged proxy), and the combiner;
 then runs torch.profiler over one guided generate and reports the operators with the most self time (CUDA time
 on a GPU, CPU time otherwise) and the number of kernel launches per step. Example:

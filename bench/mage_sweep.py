@@ -8,8 +8,8 @@ point (mobench.metrics, as the leaderboard does) and the grid's Spearman control
 setting of highest HV (ties: the first listed). Evaluation prompts are never decoded. Examples:
     python bench/mage_sweep.py --task hh                       # alpha in {0.25, 0.5, 1, 2} x {top-k, top-p}
     python bench/mage_sweep.py --task summarize --method mage-implicit --rules top-k,vocabulary --json out.json
-    python bench/mage_sweep.py --task hh --alphas 1 --rules top-k --ks "rule;1,1"  # the Bone-Soup k: searched vs none
-A setting's ``k`` (``--ks``: ``rule`` = the prepared k, the search's choice or the option's; or explicit factors)
+    python bench/mage_sweep.py --task hh --alphas 1 --rules top-k --ks "rule;1,1" -o k_rule=search  # searched k vs none
+A setting's ``k`` (``--ks``: ``rule`` = the prepared k, by the options' k_rule or k; or explicit factors)
 sets only the decoder's Bone-Soup rescaling, so k values compare paired on the same pieces and prompts.
 """
 
