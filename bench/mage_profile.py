@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--rows", type=int, default=25, help="operator rows to print")
+    parser.add_argument("--repeat", type=int, default=20, help="calls averaged for the single-forward timings")
     args = parser.parse_args()
     cuda = str(args.device).startswith("cuda")
 
@@ -83,8 +84,8 @@ def main() -> None:
         return fn
 
     with torch.no_grad():
-        plain = step_seconds(one_step_fn([]), args.device, 20)
-        lora = step_seconds(one_step_fn(["bone0", "bone1"]), args.device, 20)
+        plain = step_seconds(one_step_fn([]), args.device, args.repeat)
+        lora = step_seconds(one_step_fn(["bone0", "bone1"]), args.device, args.repeat)
 
     decoder = MageDecoder(model, tok, MageOptions(proxy="merged", top_k=args.top_k), ["bone0", "bone1"],
                           ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
