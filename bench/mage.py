@@ -1,8 +1,13 @@
 """Speed and peak memory of MAGE's guided decoding vs plain generate of the base and vs the ensemble proxy; prints JSON.
 
-Each variant runs in its own subprocess so its peak memory (RSS on CPU, max allocated on CUDA) is its own.
-Adapters are random LoRAs (speed does not depend on what they learned). Example:
+Variants: ``generate`` (the Bone-Soup base merged into the weights, plain generate), ``mage`` (merged proxy, the
+chunk's merges folded into the weights: every row here has one preference), ``mage-per-row`` (the same with
+``chunk_merge=False``: per-row adapter scaling), ``mage-ensemble`` (per-objective proxies). Each variant runs in
+its own subprocess so its peak memory (RSS on CPU, max allocated on CUDA) is its own; ratios are against
+``generate`` and ``mage-per-row`` of the same run. Adapters are random LoRAs (speed does not depend on what they
+learned). Example:
     python bench/mage.py --model micro
+    python bench/mage.py --model smollm2-135m-instruct --batch 32 --max-new-tokens 32 --variants generate,mage,mage-per-row
     python bench/mage.py --model smollm2-135m-instruct --device cuda --batch 16 --max-new-tokens 64
 """
 
@@ -15,7 +20,7 @@ import sys
 import time
 
 PROMPT = "Human: Can you give me some advice on how to sleep better at night?\n\nAssistant:"
-VARIANTS = ("generate", "mage", "mage-ensemble")
+VARIANTS = ("generate", "mage", "mage-per-row", "mage-ensemble")
 
 
 def build(args):
@@ -71,7 +76,8 @@ def run_variant(args) -> dict:
             return ids[:, enc["input_ids"].shape[1]:].tolist()
     else:
         proxy = "ensemble" if args.variant == "mage-ensemble" else "merged"
-        decoder = MageDecoder(model, tok, MageOptions(proxy=proxy, top_k=args.top_k), ["bone0", "bone1"],
+        options = MageOptions(proxy=proxy, top_k=args.top_k, chunk_merge=args.variant != "mage-per-row")
+        decoder = MageDecoder(model, tok, options, ["bone0", "bone1"],
                               ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
         fn = lambda: decoder.generate(prompts, [pref], gen, eos_token_ids=[-1])[0]
     if str(args.device).startswith("cuda"):
@@ -100,13 +106,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
     results = []
-    for variant in VARIANTS:
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"bench/mage.py: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    for variant in chosen:
         cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--device", args.device,
                "--batch", str(args.batch), "--max-new-tokens", str(args.max_new_tokens), "--top-k", str(args.top_k),
                "--lora-r", str(args.lora_r)]
@@ -115,8 +126,11 @@ def main() -> None:
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
             sys.exit(f"bench/mage.py: variant {variant!r} failed (exit {proc.returncode}):\n{tail}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    speed = {r["variant"]: r["tokens_per_s"] for r in results}
+    ratios = {f"{v}_vs_{against}": round(speed[v] / speed[against], 3)
+              for against in ("generate", "mage-per-row") if against in speed for v in speed if v != against}
     print(json.dumps({"model": args.model, "device": args.device, "batch": args.batch,
-                      "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "results": results}, indent=2))
+                      "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "results": results, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ Same setup as bench/mage.py (random LoRA adapters on the given model, preference
 It times, in one process and at one batch size, per decoding step:
   - ``plain_forward_ms``: one forward of the model with every adapter off (the floor for one scorer's forward);
   - ``lora2_forward_ms``: the same forward with the base's two backbone LoRAs merged per row (rowmerge.py);
+  - ``lora2_folded_forward_ms``: the same merge folded into the weights (every row has one preference;
+    ``chunk_merge``, MAGE's default), the weights built before the timing as the decoder does once per chunk;
   - each MAGE scorer's forward inside the guided loop (merged proxy), and the combiner;
 then runs torch.profiler over one guided generate and reports the operators with the most self time (CUDA time
 on a GPU, CPU time otherwise) and the number of kernel launches per step. Example:
@@ -49,7 +51,7 @@ def main() -> None:
     from mobench.api import Preference
     from mobench.methods.mage import MageOptions
     from mobench.methods.mage.decoder import MageDecoder
-    from mobench.methods.mage.rowmerge import row_merged
+    from mobench.methods.mage.rowmerge import MergedWeights, row_merged
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="micro")
@@ -70,14 +72,14 @@ def main() -> None:
     coef = torch.full((args.batch, 2), 0.5, device=model.device)
 
     # One decode step of a single scorer: one new token against a prompt-long KV cache.
-    def one_step_fn(adapters):
-        with row_merged(model, adapters, coef if adapters else None):
+    def one_step_fn(adapters, merged=None):
+        with row_merged(model, adapters, coef if adapters else None, merged):
             out = model(**enc, use_cache=True, logits_to_keep=1)
         cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([enc["attention_mask"], torch.ones_like(nxt)], dim=1)
 
         def fn():
-            with row_merged(model, adapters, coef if adapters else None):
+            with row_merged(model, adapters, coef if adapters else None, merged):
                 model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.crop(-1)  # drop the new token again: every call is the same step
 
@@ -86,6 +88,7 @@ def main() -> None:
     with torch.no_grad():
         plain = step_seconds(one_step_fn([]), args.device, args.repeat)
         lora = step_seconds(one_step_fn(["bone0", "bone1"]), args.device, args.repeat)
+        folded = step_seconds(one_step_fn(["bone0", "bone1"], MergedWeights()), args.device, args.repeat)
 
     decoder = MageDecoder(model, tok, MageOptions(proxy="merged", top_k=args.top_k), ["bone0", "bone1"],
                           ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
@@ -132,6 +135,8 @@ def main() -> None:
         "plain_forward_ms": round(1000 * plain, 2),
         "lora2_forward_ms": round(1000 * lora, 2),
         "lora2_over_plain": round(lora / plain, 2),
+        "lora2_folded_forward_ms": round(1000 * folded, 2),
+        "lora2_folded_over_plain": round(folded / plain, 2),
         "guided_ms_per_new_token": round(1000 * total / steps, 2),  # the whole generate (prefills included) per step
         "guided_per_token_over_plain_forward": round(total / steps / plain, 2),
         "per_step_ms": {k: round(1000 * v / steps, 2) for k, v in spent.items() if "prefill" not in k},

@@ -94,6 +94,71 @@ def test_merged_proxy_at_e_i_is_value_model_i(rig, i):
     torch.testing.assert_close(proxy(enc["input_ids"], mask, pos), single(enc["input_ids"], mask, pos), rtol=1e-4, atol=1e-5)
 
 
+def _lora_state(model):
+    from mobench.methods.mage.rowmerge import lora_layers
+
+    return [(list(l.active_adapters), {a: float(v) for a, v in l.scaling.items()}, l.disable_adapters,
+             l.get_base_layer().weight.data_ptr()) for l in lora_layers(model)]
+
+
+def test_folded_weights_equal_the_per_row_merge_and_are_put_back(rig):
+    """Every row the same c: W + sum_a c_a delta_a folded into the weights gives the per-row merge's logits (float
+    error only) and peft's own merged adapter's; the weights, scalings and adapter switches are restored after."""
+    from mobench.methods.mage.rowmerge import MergedWeights, row_merged, uniform_rows
+    from mobench.merging import merge_lora_adapters
+
+    model, tok, _ = rig
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    adapters, c = ["bone0", "bone1"], torch.tensor([1.75, -0.75])  # Bone-Soup-like: one negative coefficient
+    coef = c.repeat(2, 1)
+    before = _lora_state(model)
+    weights = {id(p): p.detach().clone() for p in model.parameters()}
+
+    def logits(merged=None, coefficients=coef):
+        with row_merged(model, adapters, coefficients, merged):
+            return model(**enc).logits
+
+    per_row, cache = logits(), MergedWeights()
+    assert uniform_rows(coef) and not uniform_rows(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    folded = logits(cache)
+    assert len(cache.merged) == len(_lora_state(model)) and cache.key == (tuple(adapters), (1.75, -0.75))
+    torch.testing.assert_close(folded, per_row, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(folded, logits(None, torch.zeros_like(coef)))  # the merge does something
+    merge_lora_adapters(model, adapters, c.tolist(), name="peft_soup")
+    with torch.no_grad():
+        peft_soup = model(**enc).logits
+    model.set_adapter("bone0")
+    model.delete_adapter("peft_soup")
+    torch.testing.assert_close(folded, peft_soup, rtol=1e-4, atol=1e-4)
+    assert _lora_state(model) == before
+    assert all(torch.equal(p, weights[id(p)]) for p in model.parameters())
+    # a new c rebuilds; mixed rows never fold (the per-row path, bit for bit)
+    other = torch.tensor([0.2, 0.8]).repeat(2, 1)
+    torch.testing.assert_close(logits(cache, other), logits(None, other), rtol=1e-4, atol=1e-4)
+    assert cache.key[1] == pytest.approx((0.2, 0.8))
+    mixed = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    assert torch.equal(logits(cache, mixed), logits(None, mixed)) and cache.key[1] == pytest.approx((0.2, 0.8))
+    assert _lora_state(model) == before
+
+
+@pytest.mark.parametrize("proxy", ["merged", "ensemble"])
+def test_chunk_merge_decodes_the_per_row_text(rig, proxy):
+    """The decoder with chunk_merge (the default) writes the same greedy text as with per-row merges only, for
+    chunks of one preference and chunks that mix two."""
+    from mobench.methods.mage import MageOptions
+    from mobench.methods.mage.decoder import MageDecoder
+
+    model, tok, heads = rig
+    prefs = [Preference((1.0, 0.0)), Preference((0.3, 0.7)), Preference((0.0, 1.0))]
+    texts = {}
+    for fold in (True, False):
+        settings = MageOptions(proxy=proxy, alpha=0.5, top_k=4, chunk_merge=fold)
+        decoder = MageDecoder(model, tok, settings, ["bone0", "bone1"], ["dpo_a", "dpo_b"], ["value_a", "value_b"], heads)
+        assert all(getattr(s, "merged", None) is not None for s in decoder.scorers if s.adapters) == fold
+        texts[fold] = [decoder.generate(PROMPTS, prefs, {"max_new_tokens": 8, "batch_size": b}) for b in (2, 3)]
+    assert texts[True] == texts[False]
+
+
 @pytest.mark.parametrize("proxy", ["merged", "ensemble"])
 def test_alpha_zero_reproduces_the_bone_soup_base(rig, proxy):
     from mobench.methods.mage.bonesoup import bone_soup_coefficients
@@ -323,7 +388,7 @@ def test_options_keep_the_budgets_mage_trained_with_before():
     assert (tiny.experts.beta, tiny.experts.steps, tiny.experts.lora_r, paper.experts.steps) == (0.1, 32, 16, 1000)
     assert (tiny.backbones.steps, tiny.backbones.num_generations, paper.backbones.steps) == (8, 4, 500)
     assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 1.0, 8, 1.0)
-    assert (tiny.candidates, tiny.top_p, tiny.k_prompts, tiny.k_rule) == ("top-k", 0.9, 8, "none")
+    assert (tiny.candidates, tiny.top_p, tiny.k_prompts, tiny.k_rule, tiny.chunk_merge) == ("top-k", 0.9, 8, "none", True)
     assert tiny.w_implicit == pytest.approx(10.0) and tiny.w_explicit == 1.0  # w_imp = 1/beta
     assert MageOptions(guidance="implicit").w_explicit == 0.0 and MageOptions(guidance="explicit").w_implicit == 0.0
 

@@ -26,7 +26,7 @@ def test_profile_times_each_scorer_within_the_generate():
     assert set(out["per_step_ms"]) == scorers | {"combiner"}
     assert set(out["prefill_ms"]) == {f"{name} prefill" for name in scorers}
     assert (out["device"], out["batch"], out["max_new_tokens"], out["kernel_launches_per_step"]) == ("cpu", 2, steps, None)
-    assert out["plain_forward_ms"] > 0 and out["lora2_forward_ms"] > 0
+    assert out["plain_forward_ms"] > 0 and out["lora2_forward_ms"] > 0 and out["lora2_folded_forward_ms"] > 0
     timed = sum(out["per_step_ms"].values()) + sum(out["prefill_ms"].values()) / steps  # ms per step, rounded to 0.01
     assert timed <= out["guided_ms_per_new_token"] + 0.01 * (len(scorers) * 2 + 1)
     assert "Self CPU" in proc.stderr  # the profiler's operator table

@@ -62,6 +62,10 @@ class MageOptions(Options):
         "top_p nucleus; or the whole vocabulary (implicit guidance only)")
     top_k: int = option(8, "candidates per step: the base's top-k next tokens (plus EOS), re-scored by the guidance")
     top_p: float = option(0.9, "nucleus mass of the top-p candidate rule (within the top_k tokens)")
+    chunk_merge: bool = option(
+        True, "when a decoding chunk's rows share one preference, fold each scorer's LoRA merge into a copy of its "
+        "weights once per chunk (one plain matmul a layer; equal to the per-row merge up to float rounding); "
+        "false: per-row adapter scaling always (rowmerge.py)")
     implicit_weight: float | None = option(None, "w_imp, the implicit term's weight (None: 1/beta, the plain log-ratio)")
     explicit_weight: float = option(1.0, "w_exp, the explicit value's weight (values are in z-units)")
     experts: DpoBudget = budget(DpoBudget, "the per-objective DPO experts (implicit guidance; beta is the DPO beta)")

@@ -37,7 +37,8 @@ class MageDecoder:
         if settings.uses_explicit and (not self.values or heads is None):
             raise MobenchError("explicit guidance needs the per-objective value models and their heads")
         ensemble = settings.proxy == "ensemble"
-        self.base = MergedScorer(model, self.backbones if settings.base == "bonesoup" else [], "base")
+        fold = bool(settings.chunk_merge)
+        self.base = MergedScorer(model, self.backbones if settings.base == "bonesoup" else [], "base", fold=fold)
         self.scorers, layout = [self.base], {"base": 0, "ref": None, "ensemble": ensemble}
         self.roles: list[str] = ["bone-soup"]  # how each scorer's per-row coefficients are set
         if settings.uses_implicit and settings.base == "bonesoup":
@@ -47,7 +48,7 @@ class MageDecoder:
             groups = [[e] for e in self.experts] if ensemble else [self.experts]
             layout["implicit"] = []
             for group in groups:
-                self._add(MergedScorer(model, group, "+".join(group)), "one" if ensemble else "mu")
+                self._add(MergedScorer(model, group, "+".join(group), fold=fold), "one" if ensemble else "mu")
                 layout["implicit"].append(len(self.scorers) - 1)
         if settings.uses_explicit:
             weight, bias = heads
@@ -56,7 +57,7 @@ class MageDecoder:
             for group in groups:
                 names = [self.values[i] for i in group]
                 scorer = ValueScorer(model, names, (weight[group], bias[group]), self.base, settings.top_k, rule=settings.candidates,
-                                     eos=self.eos)
+                                     eos=self.eos, fold=fold)
                 self._add(scorer, "one" if ensemble else "mu")
                 layout["explicit"].append(len(self.scorers) - 1)
         self.layout = layout

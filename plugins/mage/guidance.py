@@ -5,7 +5,8 @@ part of them inside the base's nucleus of mass top_p ("top-p", at most top_k tok
 vocabulary ("vocabulary", implicit guidance only: the value heads would need one forward position per token).
 The end-of-sequence ids are always added (after short answers the base ranks EOS 12th or lower, so a top-8
 rule alone could never stop where guidance wants to). Scorers keep their own KV caches on one shared PeftModel; each row runs its own weight-space merge
-(rowmerge.py). The value scorer evaluates V on the step's candidates of the step with one
+(rowmerge.py), folded into a copy of the weights once per chunk when the chunk's rows share one preference
+(``fold=True``, MAGE's ``chunk_merge``). The value scorer evaluates V on the step's candidates of the step with one
 forward of [previous token, k candidates] under a tree mask (candidates see the prefix and themselves, not
 each other), then crops the candidates out of its cache.
 """
@@ -16,7 +17,7 @@ from typing import Sequence
 
 from mobench.api import MobenchError
 
-from .rowmerge import row_merged
+from .rowmerge import MergedWeights, row_merged
 
 
 CANDIDATE_RULES = ("top-k", "top-p", "vocabulary")
@@ -52,9 +53,11 @@ def candidate_ids(base, rule: str, top_k: int, top_p: float = 1.0, eos: Sequence
 class MergedScorer:
     """Next-token log-probs of the policy with per-row LoRA merge sum_a coefficients[r, a] delta_a (none: the base)."""
 
-    def __init__(self, model, adapters: Sequence[str] = (), name: str = "policy"):
+    def __init__(self, model, adapters: Sequence[str] = (), name: str = "policy", fold: bool = False):
+        """``fold``: fold the merge into the weights when every row has the same coefficients (rowmerge.py)."""
         self.model, self.adapters, self.name = model, list(adapters), name
         self.coefficients = None  # [rows, len(adapters)], set per chunk of rows
+        self.merged = MergedWeights() if fold and self.adapters else None
         self.cache = None
         self.last = None
 
@@ -65,7 +68,7 @@ class MergedScorer:
     def __call__(self, input_ids, attention_mask, position_ids):
         import torch
 
-        with row_merged(self.model, self.adapters, self.coefficients):
+        with row_merged(self.model, self.adapters, self.coefficients, self.merged):
             out = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 past_key_values=self.cache, use_cache=True, logits_to_keep=1,
@@ -106,13 +109,14 @@ class ValueScorer:
     """
 
     def __init__(self, model, adapters: Sequence[str], heads, base: MergedScorer, top_k: int, name: str = "value",
-                 rule: str = "top-k", eos: Sequence[int] = ()):
+                 rule: str = "top-k", eos: Sequence[int] = (), fold: bool = False):
         if rule == "vocabulary":
             raise MobenchError("explicit value guidance needs a top-k or top-p candidate rule, not the whole vocabulary")
         self.model, self.adapters, self.name = model, list(adapters), name
         self.head_weight, self.head_bias = heads
         self.base, self.top_k, self.rule, self.eos = base, int(top_k), rule, list(eos)
         self.coefficients = None
+        self.merged = MergedWeights() if fold else None
         self.cache = None
 
     def reset(self) -> None:
@@ -131,7 +135,7 @@ class ValueScorer:
         positions = torch.cat([position_ids, (position_ids[:, -1:] + 1).expand(-1, k)], dim=1)
         dtype = next(self.model.parameters()).dtype
         mask = tree_mask(attention_mask, new, k, dtype)
-        with row_merged(self.model, self.adapters, self.coefficients):
+        with row_merged(self.model, self.adapters, self.coefficients, self.merged):
             out = hidden_states(self.model, ids, mask, position_ids=positions, past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         self.cache.crop(-k)  # keep the prefix, drop the k candidates
