@@ -387,7 +387,7 @@ def test_options_keep_the_budgets_mage_trained_with_before():
     assert (paper.value.max_new_tokens, paper.value.temperature, paper.value.batch_size) == (None, 1.0, 8)
     assert (tiny.experts.beta, tiny.experts.steps, tiny.experts.lora_r, paper.experts.steps) == (0.1, 32, 16, 1000)
     assert (tiny.backbones.steps, tiny.backbones.num_generations, paper.backbones.steps) == (8, 4, 500)
-    assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 1.0, 8, 1.0)
+    assert (tiny.b, tiny.k, tiny.alpha, tiny.top_k, tiny.explicit_weight) == (0.7, None, 0.5, 8, 1.0)
     assert (tiny.candidates, tiny.top_p, tiny.k_prompts, tiny.k_rule, tiny.chunk_merge) == ("top-k", 0.9, 8, "none", True)
     assert tiny.w_implicit == pytest.approx(10.0) and tiny.w_explicit == 1.0  # w_imp = 1/beta
     assert MageOptions(guidance="implicit").w_explicit == 0.0 and MageOptions(guidance="explicit").w_implicit == 0.0

@@ -166,8 +166,8 @@ def test_a_mage_option_changes_only_mages_run_id():
 
     base_id, base = rid("mage")
     alpha_id, alpha = rid("mage", alpha="2")
-    assert alpha.alpha == 2.0 and base.alpha == 1.0 and alpha_id != base_id
-    assert alpha.replace({"alpha": 1.0}) == base  # nothing else moved
+    assert alpha.alpha == 2.0 and base.alpha == 0.5 and alpha_id != base_id
+    assert alpha.replace({"alpha": 0.5}) == base  # nothing else moved
     # every other built-in's options, hence run id, is untouched by MAGE's knobs
     for method in ("rewarded-soups", "logit-ensemble", "morlhf", "modpo"):
         assert rid(method)[0] == rid(method)[0]

@@ -14,7 +14,7 @@ in guidance.py), the next token maximises (greedy) or is sampled from softmax(s 
     g(v) = w_imp * beta * [log pi_mu(v | x, y<t) - log pi_ref(v | x, y<t)] + w_exp * V_mu(x, y<t v),
 
 beta the DPO experts' beta, w_imp = 1/beta by default (the implicit term is then the log-ratio itself), w_exp = 1
-(V in z-units), alpha = 1. guidance=implicit sets w_exp = 0, explicit sets w_imp = 0; proxy=ensemble replaces
+(V in z-units), alpha = 0.5 (chosen on validation prompts). guidance=implicit sets w_exp = 0, explicit sets w_imp = 0; proxy=ensemble replaces
 the merged proxy by sum_i mu_i [beta (log pi_i - log pi_ref)] and sum_i mu_i V_i(x, y<t v) (one model each);
 base=reference decodes from pi_ref (then log pi_ref is the base itself). Constants are MageOptions' fields
 (``mobench options mage``): b, k, k_rule, alpha, candidates, top_k, top_p, implicit_weight, explicit_weight, experts.beta.
@@ -56,7 +56,9 @@ class MageOptions(Options):
         "scored lower on both tasks, separably on summarize: README 'Tuning'), or search (the reference's rule: each "
         "k_i = 1/(1-a), a in 0.1..0.5, the best mean z_i of the base at e_i on the task's validation prompts)")
     k_prompts: int = option(8, "validation prompts the k search decodes (evenly spaced over the task's validation prompts)")
-    alpha: float = option(1.0, "guidance strength: s = log pi_base + alpha g")
+    alpha: float = option(
+        0.5, "guidance strength: s = log pi_base + alpha g (0.5: the smallest worst-task shortfall of 0.25, 0.5, 1, 2 "
+        "on both tasks' validation prompts, README 'Tuning'; 1 before 2026-11-28)")
     candidates: Literal["top-k", "top-p", "vocabulary"] = option(
         "top-k", "candidates per step, EOS always added: the base's top_k tokens; those of them inside the base's "
         "top_p nucleus; or the whole vocabulary (implicit guidance only)")
