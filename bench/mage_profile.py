@@ -6,7 +6,7 @@ It times, in one process and at one batch size, per decoding step:
   - ``lora2_forward_ms``: the same forward with the base's two backbone LoRAs merged per row (rowmerge.py);
   - ``lora2_folded_forward_ms``: the same merge folded into the weights (every row has one preference;
     ``chunk_merge``, MAGE's default), the weights built before the timing as the decoder does once per chunk;
-  - each MAGE scorer's forward inside the guided loop (merged proxy), and the combiner;
+  - each MAGE scorer's forward inside the guided loop (merged proxy, MAGE's defaults: merges folded), and the combiner;
 then runs torch.profiler over one guided generate and reports the operators with the most self time (CUDA time
 on a GPU, CPU time otherwise) and the number of kernel launches per step. Example:
     python bench/mage_profile.py --model micro --batch 4 --max-new-tokens 8

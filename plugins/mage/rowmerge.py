@@ -41,6 +41,19 @@ class MergedWeights:
     def __init__(self):
         self.key = None
         self.merged: dict = {}
+        self._rows = None  # the coefficients tensor for_rows last decided on, and its answer
+        self._folded = None
+
+    def for_rows(self, model, adapters: Sequence[str], coefficients) -> dict | None:
+        """The folded weights when every row of ``coefficients`` is the same, else None.
+
+        Decided once per coefficients tensor (the decoder sets a new one per chunk), so a decoding step pays no
+        device sync for the check.
+        """
+        if coefficients is not self._rows or self.key is not None and self.key[0] != tuple(adapters):
+            self._rows = coefficients
+            self._folded = self.weights(model, adapters, coefficients[0]) if uniform_rows(coefficients) else None
+        return self._folded
 
     def weights(self, model, adapters: Sequence[str], c) -> dict:
         """{LoRA layer: merged weight} for coefficients ``c`` [len(adapters)] (built on a change of c)."""
@@ -75,7 +88,7 @@ def row_merged(model, adapters: Sequence[str], coefficients, merged: MergedWeigh
     layers = lora_layers(model)
     if adapters and coefficients.shape[-1] != len(adapters):
         raise MobenchError(f"{coefficients.shape[-1]} coefficients per row for {len(adapters)} adapters")
-    folded = merged.weights(model, adapters, coefficients[0]) if merged is not None and adapters and uniform_rows(coefficients) else None
+    folded = merged.for_rows(model, adapters, coefficients) if merged is not None and adapters else None
     saved = [(layer, list(layer.active_adapters), dict(layer.scaling), layer.disable_adapters) for layer in layers]
     swapped = []  # (weight parameter, its own tensor) to put back
     try:
