@@ -1,17 +1,27 @@
 """The whole tiny leaderboard, cold, one run after another, and where its time goes.
 
 Runs ``mobench run --method M --task T`` for every method (ablations included) on every task, in order, in
-a fresh artifact cache (``--cache``, default a new temporary folder: cold), then prints one JSON object:
-- ``total_seconds``: the wall time of all runs together; ``runs``: each run's wall seconds, exit code and,
+one artifact cache (``--cache``, default a new temporary folder: cold), then prints one JSON object:
+- ``total_seconds``: the cold wall time of all runs together; ``runs``: each run's wall seconds, exit code and,
   from its manifest, offline (prepare + training inside generate) and decoding seconds;
-- ``pieces``: every artifact the runs built, by kind (DPO experts, RL policies, value models, heads...),
-  with the seconds its training record gives, so the cost of each shared piece is seen once, where it was
-  first built, whichever run built it.
+- ``pieces``: every artifact the runs built (the cache's build log): kind, seconds and the run that built it,
+  so the cost of each shared piece is seen once, where it was first built, whichever run built it.
+
+The measurement can span sessions. Every run is logged as it starts and as it ends (``--log``, one JSON line
+each, default ``leaderboard-time.jsonl`` beside the results store); ``--resume`` skips the runs the log already
+has finished with exit code 0 on this cache. A run killed mid-way (a session ending) leaves a start line with
+no end: its finished pieces stay in the cache and the rerun reuses them, so the total counts, for that run, the
+time from its start to its last finished piece (the work the rerun did not redo) and the rerun's wall. The
+total is then still the cold cost, less the killed runs' unfinished work, which a cold run would not have done
+twice either; ``interrupted`` lists those runs.
 
     python bench/leaderboard_time.py --results /tmp/lb/results          # all built-in methods, hh and summarize
     python bench/leaderboard_time.py --tasks hh --methods rewarded-soups,logit-ensemble
+    python bench/leaderboard_time.py --cache ~/.cache/lb-cold --results /tmp/lb/results --resume   # next session
 
-Run it on an idle machine: it is the measurement behind "the whole tiny leaderboard in N minutes".
+Run it on an idle machine: it is the measurement behind "the whole tiny leaderboard in N minutes". A cache
+that held pieces before the first run is not cold: the report's ``cold`` is false when the build log has
+builds older than the log's first run.
 """
 
 from __future__ import annotations
@@ -39,17 +49,65 @@ def registered_methods() -> list[str]:
 
 
 def pieces(cache: Path) -> list[dict]:
-    """Every built artifact with a training record: kind, folder, seconds."""
+    """Every artifact built in ``cache``, from its build log: kind, folder, seconds, when it finished, the pid."""
+    log = cache / "builds.jsonl"
+    if not log.is_file():
+        return []
     out = []
-    for record in sorted(cache.glob("*/*/mobench-train.json")):
+    for line in log.read_text().splitlines():
         try:
-            info = json.loads(record.read_text())
-        except (OSError, ValueError):
+            b = json.loads(line)
+        except ValueError:
             continue
-        seconds = info.get("train_seconds", info.get("seconds"))
-        out.append({"kind": record.parent.parent.name, "folder": record.parent.name,
-                    "seconds": seconds, "steps": info.get("steps")})
+        out.append({"kind": b.get("kind"), "folder": b.get("artifact"), "seconds": b.get("seconds"),
+                    "finished_at": b.get("finished_at"), "pid": b.get("pid")})
     return out
+
+
+def read_log(path: Path, cache: Path) -> list[dict]:
+    """The log's lines for this cache, in order."""
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("cache") == str(cache):
+            lines.append(rec)
+    return lines
+
+
+def summarise(log: list[dict], built: list[dict]) -> dict:
+    """Runs, killed runs and the cold total from the log's start/end lines and the cache's build log.
+
+    A finished run counts its wall; a run with a start line and no end line (killed), the time from its start
+    to the last piece its process finished (0 without one): that work is cached and the rerun skips it.
+    """
+    ends = {rec["pid"]: rec for rec in log if rec.get("event") == "end"}
+    runs, interrupted = [], []
+    for rec in log:
+        if rec.get("event") != "start":
+            continue
+        if rec["pid"] in ends:
+            runs.append({k: v for k, v in ends[rec["pid"]].items() if k not in ("event", "cache")})
+            continue
+        mine = [b["finished_at"] for b in built if b.get("pid") == rec["pid"] and b.get("finished_at")]
+        kept = round(max(mine) - rec["started_at"], 1) if mine else 0.0
+        interrupted.append({"task": rec["task"], "method": rec["method"], "pid": rec["pid"],
+                            "started_at": rec["started_at"], "kept_seconds": max(kept, 0.0),
+                            "pieces_kept": sum(1 for b in built if b.get("pid") == rec["pid"])})
+    by_pid = {r["pid"]: f"{r['task']}/{r['method']}" for r in runs + interrupted}
+    pieces_out = [{**{k: v for k, v in b.items() if k != "pid"}, "built_by": by_pid.get(b.get("pid"))} for b in built]
+    by_kind: dict[str, float] = {}
+    for b in built:
+        by_kind[b["kind"]] = round(by_kind.get(b["kind"], 0.0) + float(b["seconds"] or 0), 1)
+    first = min((rec["started_at"] for rec in log if rec.get("event") == "start"), default=None)
+    cold = first is not None and all((b.get("finished_at") or first) >= first for b in built)
+    total = sum(r["wall_seconds"] for r in runs) + sum(i["kept_seconds"] for i in interrupted)
+    return {"cold": cold, "total_seconds": round(total, 1), "runs": runs, "interrupted": interrupted,
+            "pieces_seconds_by_kind": by_kind, "pieces": pieces_out}
 
 
 def manifest_times(results: Path, task: str, method: str) -> dict:
@@ -75,34 +133,49 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     parser.add_argument("--results", required=True)
     parser.add_argument("--cache", default=None, help="artifact cache (default: a fresh temporary folder, cold)")
+    parser.add_argument("--log", default=None, help="the runs' start/end lines (default: leaderboard-time.jsonl beside --results)")
+    parser.add_argument("--resume", action="store_true", help="skip the runs the log has finished with exit code 0 on this cache")
+    parser.add_argument("--plugins-dir", default=None, help="passed to every mobench run (third-party methods)")
     parser.add_argument("--scale", default="tiny")
     parser.add_argument("--limit", type=int, default=None, help="first N prompts only (a smoke test, not a result)")
     args = parser.parse_args()
+    if args.resume and not args.cache:
+        parser.error("--resume needs --cache (a fresh temporary cache has nothing to resume)")
 
     methods = args.methods.split(",") if args.methods else registered_methods()
     results = Path(args.results)
-    cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="mobench-cold-"))
+    cache = Path(args.cache).expanduser().resolve() if args.cache else Path(tempfile.mkdtemp(prefix="mobench-cold-"))
+    log_path = Path(args.log) if args.log else results.parent / "leaderboard-time.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["task"], r["method"]) for r in summarise(read_log(log_path, cache), [])["runs"] if r["rc"] == 0} \
+        if args.resume else set()
     env = {**os.environ, "MOBENCH_CACHE": str(cache)}
-    runs, started = [], time.perf_counter()
+    plugins = ["--plugins-dir", args.plugins_dir] if args.plugins_dir else []
+
+    def write(rec: dict) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({**rec, "cache": str(cache)}) + "\n")
+
     for task in args.tasks.split(","):
         for method in methods:
-            t0 = time.perf_counter()
-            log = results.parent / f"run-{task}-{method}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as fh:
-                rc = subprocess.call([sys.executable, "-c", "from mobench.cli import entry; entry()", "run", "--method", method, "--task", task,
-                                      "--scale", args.scale, "--results", str(results),
-                                      *(["--limit", str(args.limit)] if args.limit else [])], stdout=fh, stderr=fh, env=env)
-            runs.append({"task": task, "method": method, "rc": rc, "wall_seconds": round(time.perf_counter() - t0, 1),
-                         "log": str(log), **manifest_times(results, task, method)})
-            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    built = pieces(cache)
-    by_kind: dict[str, float] = {}
-    for p in built:
-        by_kind[p["kind"]] = round(by_kind.get(p["kind"], 0.0) + float(p["seconds"] or 0), 1)
-    print(json.dumps({"bench": "leaderboard_time", "scale": args.scale, "cache": str(cache),
-                      "total_seconds": round(time.perf_counter() - started, 1), "runs": runs,
-                      "pieces_seconds_by_kind": by_kind, "pieces": built}, indent=2))
+            if (task, method) in done:
+                print(json.dumps({"task": task, "method": method, "skipped": "finished in the log"}), file=sys.stderr, flush=True)
+                continue
+            out = results.parent / f"run-{task}-{method}.log"
+            with open(out, "w") as fh:
+                t0, started_at = time.perf_counter(), time.time()
+                proc = subprocess.Popen([sys.executable, "-c", "from mobench.cli import entry; entry()", *plugins, "run",
+                                         "--method", method, "--task", task, "--scale", args.scale, "--results", str(results),
+                                         *(["--limit", str(args.limit)] if args.limit else [])], stdout=fh, stderr=fh, env=env)
+                write({"event": "start", "task": task, "method": method, "pid": proc.pid, "started_at": started_at})
+                rc = proc.wait()
+            rec = {"task": task, "method": method, "pid": proc.pid, "rc": rc, "started_at": started_at,
+                   "wall_seconds": round(time.perf_counter() - t0, 1), "log": str(out), **manifest_times(results, task, method)}
+            write({"event": "end", **rec})
+            print(json.dumps(rec), file=sys.stderr, flush=True)
+    report = summarise(read_log(log_path, cache), pieces(cache))
+    print(json.dumps({"bench": "leaderboard_time", "scale": args.scale, "cache": str(cache), "log": str(log_path), **report},
+                     indent=2))
 
 
 if __name__ == "__main__":
