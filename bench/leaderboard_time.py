@@ -50,33 +50,26 @@ def registered_methods() -> list[str]:
 
 def pieces(cache: Path) -> list[dict]:
     """Every artifact built in ``cache``, from its build log: kind, folder, seconds, when it finished, the pid."""
-    log = cache / "builds.jsonl"
-    if not log.is_file():
+    return [{"kind": b.get("kind"), "folder": b.get("artifact"), "seconds": b.get("seconds"),
+             "finished_at": b.get("finished_at"), "pid": b.get("pid")} for b in jsonl(cache / "builds.jsonl")]
+
+
+def jsonl(path: Path) -> list[dict]:
+    """The JSON lines of ``path`` (none if it is missing; a torn last line is skipped)."""
+    if not path.is_file():
         return []
     out = []
-    for line in log.read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
-            b = json.loads(line)
+            out.append(json.loads(line))
         except ValueError:
             continue
-        out.append({"kind": b.get("kind"), "folder": b.get("artifact"), "seconds": b.get("seconds"),
-                    "finished_at": b.get("finished_at"), "pid": b.get("pid")})
     return out
 
 
 def read_log(path: Path, cache: Path) -> list[dict]:
     """The log's lines for this cache, in order."""
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("cache") == str(cache):
-            lines.append(rec)
-    return lines
+    return [rec for rec in jsonl(path) if rec.get("cache") == str(cache)]
 
 
 def summarise(log: list[dict], built: list[dict]) -> dict:
