@@ -75,22 +75,24 @@ def read_log(path: Path, cache: Path) -> list[dict]:
 def summarise(log: list[dict], built: list[dict]) -> dict:
     """Runs, killed runs and the cold total from the log's start/end lines and the cache's build log.
 
-    A finished run counts its wall; a run with a start line and no end line (killed), the time from its start
-    to the last piece its process finished (0 without one): that work is cached and the rerun skips it.
+    A run that finished with exit code 0 counts its wall; a run with a start line and no end line (killed) or a
+    failed one, the time from its start to the last piece its process finished (0 without one): that work is
+    cached and the rerun skips it. Failed runs are listed with the killed ones (``interrupted``, with their rc).
     """
     ends = {rec["pid"]: rec for rec in log if rec.get("event") == "end"}
     runs, interrupted = [], []
     for rec in log:
         if rec.get("event") != "start":
             continue
-        if rec["pid"] in ends:
-            runs.append({k: v for k, v in ends[rec["pid"]].items() if k not in ("event", "cache")})
+        end = ends.get(rec["pid"])
+        if end is not None and end.get("rc") == 0:
+            runs.append({k: v for k, v in end.items() if k not in ("event", "cache")})
             continue
         mine = [b["finished_at"] for b in built if b.get("pid") == rec["pid"] and b.get("finished_at")]
         kept = round(max(mine) - rec["started_at"], 1) if mine else 0.0
         interrupted.append({"task": rec["task"], "method": rec["method"], "pid": rec["pid"],
-                            "started_at": rec["started_at"], "kept_seconds": max(kept, 0.0),
-                            "pieces_kept": sum(1 for b in built if b.get("pid") == rec["pid"])})
+                            "rc": end.get("rc") if end else None, "started_at": rec["started_at"],
+                            "kept_seconds": max(kept, 0.0), "pieces_kept": sum(1 for b in built if b.get("pid") == rec["pid"])})
     by_pid = {r["pid"]: f"{r['task']}/{r['method']}" for r in runs + interrupted}
     pieces_out = [{**{k: v for k, v in b.items() if k != "pid"}, "built_by": by_pid.get(b.get("pid"))} for b in built]
     by_kind: dict[str, float] = {}
@@ -140,8 +142,7 @@ def main() -> None:
     cache = Path(args.cache).expanduser().resolve() if args.cache else Path(tempfile.mkdtemp(prefix="mobench-cold-"))
     log_path = Path(args.log) if args.log else results.parent / "leaderboard-time.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["task"], r["method"]) for r in summarise(read_log(log_path, cache), [])["runs"] if r["rc"] == 0} \
-        if args.resume else set()
+    done = {(r["task"], r["method"]) for r in summarise(read_log(log_path, cache), [])["runs"]} if args.resume else set()
     env = {**os.environ, "MOBENCH_CACHE": str(cache)}
     plugins = ["--plugins-dir", args.plugins_dir] if args.plugins_dir else []
 

@@ -64,6 +64,11 @@ def test_a_killed_run_counts_up_to_its_last_cached_piece():
     assert [p["built_by"] for p in report["pieces"]] == ["hh/rs", "hh/mage", "hh/mage"]
     assert report["pieces_seconds_by_kind"] == {"dpo-experts": 40.0, "rl-policies": 60.0, "value-models": 20.0}
     assert report["cold"] is True
+    failed = lt.summarise(log + [{"event": "start", "task": "hh", "method": "map", "pid": 14, "started_at": 500.0},
+                                 {"event": "end", "task": "hh", "method": "map", "pid": 14, "rc": 1, "started_at": 500.0,
+                                  "wall_seconds": 70.0}], built)
+    assert failed["total_seconds"] == report["total_seconds"]  # a failed run's wall is not cold cost; it is listed
+    assert [(i["method"], i["rc"]) for i in failed["interrupted"]] == [("mage", None), ("map", 1)]
     warm = lt.summarise(log, [{"kind": "models", "folder": "m", "seconds": 9.0, "finished_at": 50.0, "pid": 1}] + built)
     assert warm["cold"] is False  # a piece older than the first run: the cache was not empty
 
