@@ -29,6 +29,18 @@ def git_revision() -> str | None:
     return f"{rev}-dirty" if dirty else rev
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`); None when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict[str, Any]:
     """CPU, memory and GPU of this machine."""
     info: dict[str, Any] = {
@@ -36,6 +48,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "processor": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
     }
     try:
         import psutil
@@ -46,6 +59,10 @@ def machine() -> dict[str, Any]:
     try:
         import torch
 
+        # The kernels torch picked for this CPU (e.g. AVX2 or AVX512) and its threads: both change the last float
+        # digits of a matmul, so a greedy near-tie can decode differently on another host with the same code.
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)

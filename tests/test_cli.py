@@ -25,6 +25,14 @@ def test_run_writes_manifest_rows_and_generations(tmp_path):
     for lib in ("mobench", "torch", "transformers", "trl", "peft", "datasets", "pymoo"):
         assert lib in manifest["versions"]
     assert "cpu_count" in manifest["machine"] and manifest["started_at"] and manifest["finished_at"]
+    # What makes float results host-specific is recorded: the CPU, torch's kernel level for it and its threads.
+    import torch
+
+    from mobench.provenance import cpu_model
+
+    machine = manifest["machine"]
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["cpu_model"] == cpu_model() and machine["torch_threads"] >= 1
     # The method's provenance is recorded again after generation (per-point policies are known only then).
     assert manifest["method_provenance"]["generated"] == ["0.000000,1.000000", "0.500000,0.500000", "1.000000,0.000000"]
     rows = [json.loads(line) for line in (run / "rows.jsonl").read_text().splitlines()]
