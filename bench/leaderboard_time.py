@@ -21,7 +21,10 @@ twice either; ``interrupted`` lists those runs.
 
 Run it on an idle machine: it is the measurement behind "the whole tiny leaderboard in N minutes". A cache
 that held pieces before the first run is not cold: the report's ``cold`` is false when the build log has
-builds older than the log's first run.
+builds older than the log's first run. Whether the machine was idle is measured too (Linux): each end line has
+the run's own CPU seconds and the CPU seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time
+less the run's), as a share of the machine's capacity over the run; the report lists the runs where others took
+more than ``BUSY_SHARE`` of it (``not_idle``: their walls are not idle-machine figures; drop them and rerun).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,37 @@ from pathlib import Path
 #: Cheap methods first, so pieces they build (DPO experts) are timed once and reused by the rest.
 DEFAULT_METHODS = ("rewarded-soups", "logit-ensemble", "react", "map", "merge-lite", "morlhf", "modpo",
                    "mage", "mage-implicit", "mage-explicit", "mage-ensemble", "mage-refbase")
+
+
+#: Others' share of the machine's CPU capacity over a run above which the run is listed as not idle.
+BUSY_SHARE = 0.1
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds this machine has spent busy since boot, all cores together (``/proc/stat``); None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_check(busy_before: float | None, busy_after: float | None, own_cpu: float, wall: float) -> dict:
+    """The run's CPU seconds and what the rest of the machine used while it ran (None where not measurable)."""
+    out = {"cpu_seconds": round(own_cpu, 1)}
+    if busy_before is None or busy_after is None or wall <= 0:
+        return {**out, "other_cpu_seconds": None, "other_cpu_share": None}
+    other = max(0.0, busy_after - busy_before - own_cpu)
+    return {**out, "other_cpu_seconds": round(other, 1), "other_cpu_share": round(other / (wall * (os.cpu_count() or 1)), 3)}
 
 
 def registered_methods() -> list[str]:
@@ -101,8 +136,10 @@ def summarise(log: list[dict], built: list[dict]) -> dict:
     first = min((rec["started_at"] for rec in log if rec.get("event") == "start"), default=None)
     cold = first is not None and all((b.get("finished_at") or first) >= first for b in built)
     total = sum(r["wall_seconds"] for r in runs) + sum(i["kept_seconds"] for i in interrupted)
+    not_idle = [{"task": r["task"], "method": r["method"], "pid": r["pid"], "other_cpu_share": r["other_cpu_share"]}
+                for r in runs if (r.get("other_cpu_share") or 0) > BUSY_SHARE]
     return {"cold": cold, "total_seconds": round(total, 1), "runs": runs, "interrupted": interrupted,
-            "pieces_seconds_by_kind": by_kind, "pieces": pieces_out}
+            "not_idle": not_idle, "pieces_seconds_by_kind": by_kind, "pieces": pieces_out}
 
 
 def manifest_times(results: Path, task: str, method: str) -> dict:
@@ -157,14 +194,20 @@ def main() -> None:
                 continue
             out = results.parent / f"run-{task}-{method}.log"
             with open(out, "w") as fh:
+                busy0, cpu0 = busy_cpu_seconds(), children_cpu_seconds()
                 t0, started_at = time.perf_counter(), time.time()
                 proc = subprocess.Popen([sys.executable, "-c", "from mobench.cli import entry; entry()", *plugins, "run",
                                          "--method", method, "--task", task, "--scale", args.scale, "--results", str(results),
                                          *(["--limit", str(args.limit)] if args.limit else [])], stdout=fh, stderr=fh, env=env)
                 write({"event": "start", "task": task, "method": method, "pid": proc.pid, "started_at": started_at})
                 rc = proc.wait()
+                wall = time.perf_counter() - t0
+                idle = idle_check(busy0, busy_cpu_seconds(), children_cpu_seconds() - cpu0, wall)
             rec = {"task": task, "method": method, "pid": proc.pid, "rc": rc, "started_at": started_at,
-                   "wall_seconds": round(time.perf_counter() - t0, 1), "log": str(out), **manifest_times(results, task, method)}
+                   "wall_seconds": round(wall, 1), **idle, "log": str(out), **manifest_times(results, task, method)}
+            if (idle["other_cpu_share"] or 0) > BUSY_SHARE:
+                print(f"warning: {task}/{method} shared the machine (others used {idle['other_cpu_share']:.0%} of its CPU "
+                      "meanwhile): its wall is not an idle-machine figure", file=sys.stderr, flush=True)
             write({"event": "end", **rec})
             print(json.dumps(rec), file=sys.stderr, flush=True)
     report = summarise(read_log(log_path, cache), pieces(cache))

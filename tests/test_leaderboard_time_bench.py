@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import TOY
 
@@ -39,6 +42,10 @@ def test_logs_each_run_and_resume_skips_the_finished(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "leaderboard-time.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log] == ["start", "end"] and log[0]["pid"] == log[1]["pid"] == run["pid"]
     assert {r["cache"] for r in log} == {str((tmp_path / "cache").resolve())}
+    # the run's own CPU (a real process: more than nothing) and, on Linux, what the rest of the machine used meanwhile
+    assert run["cpu_seconds"] > 0
+    if Path("/proc/stat").is_file():
+        assert run["other_cpu_seconds"] >= 0 and 0 <= run["other_cpu_share"] <= 1.5
 
     again = bench(tmp_path, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -77,3 +84,33 @@ def test_resume_needs_a_named_cache(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--results", str(tmp_path / "res"), "--resume"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "--resume needs --cache" in proc.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="the idle check reads Linux's /proc/stat")
+def test_a_run_beside_a_busy_process_is_flagged_not_idle(tmp_path):
+    # one core spinning for the whole run: at least half of a 2-core machine's capacity (a quarter of 4) goes to
+    # someone else, well above the 10% the bench tolerates
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = bench(tmp_path)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    (run,) = report["runs"]
+    cores = os.cpu_count() or 1
+    assert run["other_cpu_share"] > min(0.9 / cores, 0.2), run
+    assert [(r["method"], r["pid"]) for r in report["not_idle"]] == [("letters", run["pid"])]
+    assert "shared the machine" in proc.stderr
+
+
+def test_not_idle_lists_the_runs_others_shared():
+    lt = load_bench()
+    log = [{"event": "start", "task": "t", "method": m, "pid": pid, "started_at": 10.0 * pid} for m, pid in (("a", 1), ("b", 2), ("c", 3))]
+    log += [{"event": "end", "task": "t", "method": "a", "pid": 1, "rc": 0, "started_at": 10.0, "wall_seconds": 5.0, "other_cpu_share": 0.05},
+            {"event": "end", "task": "t", "method": "b", "pid": 2, "rc": 0, "started_at": 20.0, "wall_seconds": 5.0, "other_cpu_share": 0.45},
+            {"event": "end", "task": "t", "method": "c", "pid": 3, "rc": 0, "started_at": 30.0, "wall_seconds": 5.0}]  # older log line
+    assert [r["method"] for r in lt.summarise(log, [])["not_idle"]] == ["b"]
+    assert lt.idle_check(100.0, 190.0, 60.0, 20.0)["other_cpu_seconds"] == 30.0
+    assert lt.idle_check(None, 190.0, 60.0, 20.0)["other_cpu_share"] is None
