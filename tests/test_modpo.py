@@ -158,7 +158,7 @@ def test_modpo_plugin_trains_one_cached_policy_per_point(smol_tokenizer, data_di
         generation={"max_new_tokens": 5, "do_sample": False, "batch_size": 2},
     )
     micro = DpoBudget(steps=2, batch_size=2, learning_rate=1e-3, max_length=96, lora_r=4, n_pairs=4)
-    options = Modpo.Options(train=micro, experts=micro)
+    options = Modpo.Options(train=micro, experts=micro, margin="scores")
 
     def record(method, key):
         folder = method.policies[key].split("/")[-1]
@@ -211,7 +211,7 @@ def test_modpo_budget_options_override_the_tiny_budget():
     method.prepare(task, RunContext())
     assert method.options.train.steps == 12 and method.options.train.n_pairs == 64
     assert tiny.train.steps == 32 and method.options.experts.steps == 32  # the preset and the experts are untouched
-    assert method.provenance()["options"]["margin"] == "scores"
+    assert method.provenance()["options"]["margin"] == "implicit"  # the default, chosen on validation prompts
     with pytest.raises(MobenchError, match="no option 'num_generations'"):
         tiny.replace({"num_generations": 2})
     with pytest.raises(MobenchError, match="before prepare"):
