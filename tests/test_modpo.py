@@ -287,12 +287,99 @@ def test_implicit_margins_match_trls_log_probs(smol_tokenizer, data_dir, tmp_pat
     monkeypatch.setattr(training, "load_experts", lambda policy, pairs, budget, context, names: {n: folders[n] for n in names})
     beta = 0.3
     cpu = RunContext(seed=0, device="cpu", dtype="float32")  # as trl's log-probs above: CPU fp32 (without a context: cuda)
-    got = implicit_differences(str(policy), {}, DpoBudget(beta=beta, max_length=max_length), cpu, ["expert_a", "expert_b"], pairs)
+    budget = DpoBudget(beta=beta, max_length=max_length)
+    got, reference = implicit_differences(str(policy), {}, budget, cpu, ["expert_a", "expert_b"], pairs)
     for name in folders:
         (ew, el), (rw, rl) = trl[name], trl["ref"]
         want = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(ew, rw, el, rl)]
         assert got[name] == pytest.approx(want, rel=1e-3, abs=1e-3)
     assert got["expert_a"] != pytest.approx(got["expert_b"], abs=1e-3)
+    torch.testing.assert_close(reference[0], torch.tensor(trl["ref"][0]), rtol=1e-4, atol=1e-3)
+    # a known reference (trl's pass of an earlier grid point) is used as given: shifted by +1 on the chosen side,
+    # every difference moves by exactly -beta
+    shifted = ([x + 1.0 for x in reference[0].tolist()], reference[1].tolist())
+    moved, kept = implicit_differences(str(policy), {}, budget, cpu, ["expert_a"], pairs, reference=shifted)
+    assert moved["expert_a"] == pytest.approx([d - beta for d in got["expert_a"]], abs=1e-5)
+    assert kept[0].tolist() == pytest.approx(shifted[0])
+    with pytest.raises(MobenchError, match=r"^5 reference log-probs for 6 pairs$"):
+        implicit_differences(str(policy), {}, budget, cpu, ["expert_a"], pairs, reference=(shifted[0][:5], shifted[1][:5]))
+
+    # scoring completion positions only: the same sums whatever the batch (its first completion position differs)
+    model.set_adapter("expert_b")
+    sums = [completion_logps(model, tok, pairs, max_length, batch_size=b) for b in (1, 3, 12)]
+    for other in sums[1:]:
+        torch.testing.assert_close(other[0], sums[0][0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(other[1], sums[0][1], rtol=1e-5, atol=1e-4)
+
+
+def test_implicit_margins_and_trl_share_one_reference_pass_per_pair_set(smol_tokenizer, data_dir, tmp_path, monkeypatch):
+    """Whichever runs first (trl's reference pass at a corner, the margins' at an inner point), the other reuses it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOTrainer
+
+    import mobench.methods.modpo.trainer as modpo
+    import mobench.training as training
+    from mobench.api import RunContext, TaskInstance
+    from mobench.models import micro_causal_lm
+    from mobench.training import TRAIN_INFO, DpoBudget
+
+    policy = tmp_path / "policy"
+    micro_causal_lm(smol_tokenizer, seed=0).save_pretrained(policy)
+    smol_tokenizer.save_pretrained(policy)
+    folders = {}
+    for seed, name in [(1, "a"), (2, "b")]:
+        micro = micro_causal_lm(smol_tokenizer, seed=0)
+        torch.manual_seed(seed)
+        get_peft_model(micro, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)).save_pretrained(tmp_path / name)
+        folders[name] = tmp_path / name
+    monkeypatch.setattr(training, "load_experts", lambda policy, pairs, budget, context, names: {n: folders[n] for n in names})
+    calls = {"trl": 0, "ours": 0}
+    trl_pass, ours = DPOTrainer._precompute_ref_logps, modpo.completion_logps
+
+    def count_trl(self, *args, **kwargs):
+        calls["trl"] += 1
+        return trl_pass(self, *args, **kwargs)
+
+    def count_ours(*args, **kwargs):
+        calls["ours"] += 1
+        return ours(*args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", count_trl)
+    monkeypatch.setattr(modpo, "completion_logps", count_ours)
+
+    class Named(CharLength):
+        def __init__(self, name):
+            self.name = name
+
+    pairs = _real_pairs(data_dir, 6)
+    task = TaskInstance("micro", "tiny", str(policy), [Named("a"), Named("b")], ["q"],
+                        {n: Normalisation(0.0, 1.0) for n in "ab"}, (-1.0, -1.0), pairs={"a": pairs, "b": pairs})
+    cpu = RunContext(seed=0, device="cpu", dtype="float32")
+    budget = DpoBudget(steps=1, batch_size=2, learning_rate=1e-3, beta=0.3, max_length=28, lora_r=4, n_pairs=6)
+
+    def train(margins, weights, out):
+        modpo._train(task, weights, margins, budget, cpu, tmp_path / out)
+        return json.loads((tmp_path / out / TRAIN_INFO).read_text())["margin_mean"]
+
+    # the margins first (inner point, k = b): one reference pass and one expert pass; trl reuses the reference
+    first = modpo.MarginSource(task, cpu, "implicit", budget)
+    inner = train(first, (0.25, 0.75), "inner1")
+    assert calls == {"trl": 0, "ours": 2}
+    (cache,) = first.reference.values()
+    assert cache["train"].features["ref_chosen_logps"].dtype == "float32" and len(cache["train"]) == 6
+    train(first, (0.0, 1.0), "corner1")  # the corner (no margin) reuses it too
+    assert calls == {"trl": 0, "ours": 2}
+    # trl first (the corner): the margins then need the expert pass only, and give the same margins
+    second = modpo.MarginSource(task, cpu, "implicit", budget)
+    train(second, (0.0, 1.0), "corner2")
+    assert calls == {"trl": 1, "ours": 2}
+    assert train(second, (0.25, 0.75), "inner2") == pytest.approx(inner, abs=1e-4)
+    assert calls == {"trl": 1, "ours": 3}
+    # experts under another sequence budget: nothing to share (their rows are cut elsewhere), both passes run
+    third = modpo.MarginSource(task, cpu, "implicit", DpoBudget(beta=0.3, max_length=40))
+    train(third, (0.25, 0.75), "inner3")
+    assert calls == {"trl": 2, "ours": 5}
 
 
 # --- the loss's wiring without training: what ModpoTrainer hands trl (fast: no model, no optimiser) ----------

@@ -114,6 +114,10 @@ def completion_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_leng
     """Summed log-probs of each pair's chosen and rejected completion given its prompt (EOS appended, as trl does).
 
     trl computes these only inside its trainers; MODPO's implicit margins need them under other adapters.
+    Only completion tokens are scored: the model's ``logits_to_keep`` limits the LM head to the positions from
+    the batch's first completion on, and the log-softmax runs on completion positions alone (on a Reddit post of
+    a few hundred tokens with a 40-token summary the LM head and its 49k-way softmax over the prompt are most of
+    the pass's non-body work). The sums equal the full-logits sums: the kept logits are the same numbers.
     """
     import torch
 
@@ -133,40 +137,60 @@ def completion_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_leng
             ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=model.device)
             attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=model.device)
             mask = torch.tensor([m + [0] * (width - len(m)) for _, m in chunk], device=model.device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            out.append((token_logps * mask[:, 1:]).sum(-1).cpu())
+            # the logits at position t score token t + 1: keep those from the first completion token's predecessor on
+            first = int(mask.argmax(dim=1)[mask.any(dim=1)].min()) if bool(mask.any()) else width - 1
+            keep = width - max(first - 1, 0)
+            logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits[:, :-1]
+            targets, scored = ids[:, width - keep + 1 :], mask[:, width - keep + 1 :].bool()
+            token_logps = torch.log_softmax(logits[scored].float(), dim=-1).gather(-1, targets[scored][:, None]).squeeze(-1)
+            rows_of = scored.nonzero()[:, 0]
+            out.append(torch.zeros(len(chunk), dtype=token_logps.dtype, device=token_logps.device).index_add_(0, rows_of, token_logps).cpu())
     logps = torch.cat(out)
     return logps[: len(pairs)], logps[len(pairs) :]
 
 
 def implicit_differences(
     policy: str, pairs_by_objective: dict[str, list[PreferencePair]], experts_budget: DpoBudget, context: RunContext | None,
-    objectives: Sequence[str], pairs: Sequence[PreferencePair],
-) -> dict[str, list[float]]:
-    """Per objective j, beta_j [(log pi_j/pi_ref)(y_w) - (log pi_j/pi_ref)(y_l)] of j's DPO expert on ``pairs``."""
+    objectives: Sequence[str], pairs: Sequence[PreferencePair], reference: tuple | None = None,
+) -> tuple[dict[str, list[float]], tuple]:
+    """Per objective j, beta_j [(log pi_j/pi_ref)(y_w) - (log pi_j/pi_ref)(y_l)] of j's DPO expert on ``pairs``.
+
+    Returns (those differences, the reference's (chosen, rejected) log-probs). ``reference``: those log-probs when
+    already known (trl's reference pass of an earlier grid point on the same pairs), which skips the reference pass.
+    """
+    import torch
+
     from mobench.training import load_experts, load_policy_with_adapters, resolve_device
 
     experts = load_experts(policy, pairs_by_objective, experts_budget, context, list(objectives))
     model, tok = load_policy_with_adapters(policy, {n: str(p) for n, p in experts.items()}, resolve_device(context))
     length = int(experts_budget.max_length)
-    with model.disable_adapter():
-        ref_w, ref_l = completion_logps(model, tok, pairs, length)
+    if reference is None:
+        with model.disable_adapter():
+            ref_w, ref_l = completion_logps(model, tok, pairs, length)
+    else:
+        ref_w, ref_l = (torch.as_tensor(r, dtype=torch.float32) for r in reference)
+        if len(ref_w) != len(pairs) or len(ref_l) != len(pairs):
+            raise MobenchError(f"{len(ref_w)} reference log-probs for {len(pairs)} pairs")
     out = {}
     for name in objectives:
         model.set_adapter(name)
         exp_w, exp_l = completion_logps(model, tok, pairs, length)
         diff = float(experts_budget.beta) * ((exp_w - ref_w) - (exp_l - ref_l))
         out[name] = [float(x) for x in diff]
-    return out
+    return out, (ref_w, ref_l)
 
 
 class MarginSource:
     """Per-objective margin differences on the pairs of objective k, computed once per (k, j) and remembered.
 
-    It also keeps the reference log-probs of each k's pairs (``reference``), shared by every grid point with that k.
+    It also keeps the reference log-probs of each k's pairs (:meth:`reference_cache`), shared by every grid point
+    with that k and by the implicit margins: one reference pass per pair set, whichever needs it first (trl's
+    reference pass at a corner, or the margins' pass at the first interior point).
     ``experts`` is the DPO budget of the experts that give implicit margins.
     """
+
+    COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
     def __init__(self, task: TaskInstance, context: RunContext | None, source: str, experts: DpoBudget):
         if source not in MARGIN_SOURCES:
@@ -175,16 +199,41 @@ class MarginSource:
         self._cache: dict[tuple[str, str], list[float]] = {}
         self.reference: dict[tuple, dict] = {}
 
-    def differences(self, k: str, others: Sequence[str], pairs: Sequence[PreferencePair]) -> dict[str, list[float]]:
-        """d_j per pair for each j in ``others``, as z-scores ("scores") or expert implicit rewards ("implicit")."""
+    def reference_cache(self, k: str, pairs: Sequence[PreferencePair], max_length: int) -> dict:
+        """The dict ModpoTrainer reads and fills with the reference log-probs of k's ``pairs`` (by dataset name)."""
+        from mobench.training import data_hash
+
+        return self.reference.setdefault((k, data_hash(pairs), int(max_length)), {})
+
+    def differences(self, k: str, others: Sequence[str], pairs: Sequence[PreferencePair],
+                    max_length: int | None = None) -> dict[str, list[float]]:
+        """d_j per pair for each j in ``others``, as z-scores ("scores") or expert implicit rewards ("implicit").
+
+        ``max_length``: MODPO's sequence budget on ``pairs``; when it equals the experts' the reference log-probs
+        are shared with trl's reference pass through :meth:`reference_cache` (the same rows, cut the same way).
+        """
         missing = [j for j in others if (k, j) not in self._cache]
         if missing and self.source == "scores":
             by_name = {o.name: o for o in self.task.objectives}
             for j in missing:
                 self._cache[(k, j)] = score_differences(by_name[j], self.task.normalisation[j], pairs)
         elif missing:
+            from datasets import Dataset, Features, Value
+
             task = self.task
-            for j, d in implicit_differences(task.policy, task.pairs, self.experts, self.context, missing, pairs).items():
+            shared = max_length is not None and int(max_length) == int(self.experts.max_length)
+            cache = self.reference_cache(k, pairs, int(max_length)) if shared else {}
+            known = cache.get("train")
+            known = (list(known[self.COLUMNS[0]]), list(known[self.COLUMNS[1]])) if known is not None and len(known) == len(pairs) else None
+            diffs, reference = implicit_differences(task.policy, task.pairs, self.experts, self.context, missing, pairs,
+                                                    reference=known)
+            if shared and known is None:
+                # trl's cache format (float32 columns, dataset order); ModpoTrainer joins it to its tokenised dataset
+                cache["train"] = Dataset.from_dict(
+                    {c: [float(x) for x in r] for c, r in zip(self.COLUMNS, reference)},
+                    features=Features({c: Value("float32") for c in self.COLUMNS}),
+                )
+            for j, d in diffs.items():
                 self._cache[(k, j)] = d
         return {j: self._cache[(k, j)] for j in others}
 
@@ -206,7 +255,8 @@ class MarginSource:
         from mobench.training import expert_key
 
         task = self.task
-        return {"source": "implicit", "experts": {j: expert_key(task.policy, j, task.pairs.get(j, []), self.experts, self.context) for j in others}}
+        # pass 2: completion positions only, the reference pass shared with trl's (one per pair set)
+        return {"source": "implicit", "pass": 2, "experts": {j: expert_key(task.policy, j, task.pairs.get(j, []), self.experts, self.context) for j in others}}
 
 
 def modpo_plan(task: TaskInstance, weights: Sequence[float]) -> tuple[int, list[int]]:
@@ -247,7 +297,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     import tempfile
 
     from mobench.training import (
-        completion_positions_only, data_hash, dpo_config, load_for_training, lora_config, pair_lengths, progress_callback,
+        completion_positions_only, dpo_config, load_for_training, lora_config, pair_lengths, progress_callback,
         train_and_save, truncate_prompts, weights_label,
     )
 
@@ -261,7 +311,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
     # the sort changes no batch's distribution; the same sort at every point keeps the shared log-probs aligned.
     widths = [max(rows) for rows in pair_lengths(pairs, tok, int(budget.max_length))]
     pairs = [pair for _, pair in sorted(zip(widths, pairs), key=lambda item: item[0])]
-    diffs = margins.differences(names[k], [names[j] for j in others], pairs)
+    diffs = margins.differences(names[k], [names[j] for j in others], pairs, int(budget.max_length))
     margin = weighted_margins({j: diffs[names[j]] for j in others}, weights, k, len(pairs))
     # The DPO experts' CPU speed-up (score completion tokens only) also covers the reference precompute.
     with tempfile.TemporaryDirectory(prefix="mobench-modpo-") as scratch, completion_positions_only():
@@ -274,7 +324,7 @@ def _train(task: TaskInstance, weights: Sequence[float], margins: MarginSource, 
             dpo_config(budget, scratch, seed, device, precompute_ref_log_probs=True),
             peft_config=lora_config(budget),
             callbacks=[progress_callback(context, f"MODPO {task.name} {weights_label(weights)}")],
-            reference_cache=margins.reference.setdefault((names[k], data_hash(pairs), int(budget.max_length)), {}),
+            reference_cache=margins.reference_cache(names[k], pairs, int(budget.max_length)),
         )
         record = {
             "weights": list(weights),
