@@ -4,7 +4,8 @@ Reads only the stored responses (``generations.jsonl``): words are the response 
 is model-free and comparable across methods whatever their tokenizer. It is how the README's tables of response
 length per grid point were made (e.g. MAGE's brevity corner against its ablations on summarize). Prints one JSON
 object: ``{method: {"run": run_id, "points": {preference_key: {"n", "mean", "se"}}}}``; ``--markdown`` prints a
-table instead, grid points in the store's key order. Example:
+table instead, grid points sorted by key. A method with several runs in the store is read from its newest (the README's
+stores hold one run a method). Example:
     python bench/response_words.py --task summarize --results /work/runs/results --methods mage,mage-implicit --markdown
 """
 
